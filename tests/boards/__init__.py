@@ -1,0 +1,1 @@
+"""Tests for board data and the hardware config."""
