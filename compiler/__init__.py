@@ -1,0 +1,1 @@
+"""Compiler: Einsum-cascade IR, lowering of the compressed model, scheduling, ISA and program writer."""

@@ -1,0 +1,1 @@
+"""Host runtime: program loader, backends (emu, rtl, xrt), generation loop."""

@@ -1,0 +1,1 @@
+"""Compression: checkpoint readers, float reference model, pruning, quantizers, Lambda-attention, perplexity."""

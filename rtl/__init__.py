@@ -1,0 +1,1 @@
+"""Amaranth RTL of the reconfigurable compute engine, its interfaces and Verilog emission."""
