@@ -1,0 +1,1 @@
+"""Subcommands of the llmfab CLI, one module each."""
