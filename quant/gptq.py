@@ -15,7 +15,7 @@ import torch
 
 from llmfab.quant.obs_sweep import ObsConfig, SweepResult, obs_sweep
 from llmfab.quant.sparse_index import compress_2to4, encode_2to4_mask
-from llmfab.quant.weight_quant import GroupQuantConfig, QuantizedWeight
+from llmfab.quant.weight_quant import GroupQuantConfig, QuantizedWeight, ZeroPoint, stored_zero_points
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,9 +76,10 @@ def _to_result(result: SweepResult, quant: GroupQuantConfig, sparse: bool) -> Gp
     quantized = QuantizedWeight(
         codes=codes,
         scales=result.scales.to(quant.scale_dtype),
-        zeros=result.zeros.to(torch.uint8),
+        zeros=stored_zero_points(result.zeros, quant),
         bits=quant.bits,
         group_size=quant.group_size,
         mask_codes=encode_2to4_mask(result.kept) if sparse else None,
+        zero_halves=quant.zero_point is ZeroPoint.HALF_INTEGER,
     )
     return GptqResult(quantized=quantized, weight=result.weight)

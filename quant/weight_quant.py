@@ -1,9 +1,9 @@
 """Group-wise asymmetric integer quantization of weight matrices.
 
 A weight matrix ``[out, in]`` is cut into groups of ``group_size`` consecutive input columns. Each
-(row, group) has a float scale ``s`` and an integer zero point ``z`` in [0, 2**bits - 1]; a weight
-is stored as a code ``q`` in [0, 2**bits - 1] and means ``s * (q - z)``. Codes are
-``clamp(round(w / s) + z, 0, 2**bits - 1)`` with round-half-to-even.
+(row, group) has a float scale ``s`` and a zero point ``z`` in [0, 2**bits - 1], an integer by
+default; a weight is stored as a code ``q`` in [0, 2**bits - 1] and means ``s * (q - z)``. Codes
+are ``clamp(round(w / s) + z, 0, 2**bits - 1)`` with round-half-to-even.
 
 The representable range is widened to contain 0, so ``z`` always fits in ``bits`` bits. Scales are
 rounded to ``scale_dtype`` (float16 by default) before codes are chosen, so the stored scale is the
@@ -12,6 +12,10 @@ one the codes were fitted to.
 Under a 2:4 mask the pruned zeros live in the mask, not in the codes: only kept weights get codes,
 and a group of ``group_size`` input columns holds ``group_size / 2`` kept weights per row whose
 statistics alone set the scale and zero point.
+
+An integer zero point makes 0 one of the levels. Kept 2:4 weights are the larger half and rarely
+sit at 0, so ``ZeroPoint.HALF_INTEGER`` offers zero points in steps of 1/2 (stored doubled), which
+can centre the levels on the data instead (e.g. -1.5s, -0.5s, 0.5s, 1.5s at 2 bits).
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ class ScaleInit(enum.Enum):
     CLIP_SEARCH = "clip_search"  # the range is shrunk by the ratio with the least squared error
 
 
+class ZeroPoint(enum.Enum):
+    """Resolution of the zero point z in ``s * (q - z)``."""
+
+    INTEGER = "integer"  # z in {0, 1, ..., 2**bits - 1}; stored as is
+    HALF_INTEGER = "half_integer"  # z in {0, 1/2, ..., 2**bits - 1}; stored as 2z (bits + 1 wide)
+
+
 @dataclass(frozen=True)
 class GroupQuantConfig:
     """Settings of group-wise weight quantization.
@@ -54,6 +65,7 @@ class GroupQuantConfig:
     clip_candidates: int = 40
     min_clip_ratio: float = 0.2
     scale_dtype: torch.dtype = torch.float16
+    zero_point: ZeroPoint = ZeroPoint.INTEGER
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_WEIGHT_BITS:
@@ -79,7 +91,8 @@ class QuantizedWeight:
 
     codes: uint8 ``[out, in]`` (dense) or ``[out, in/2]`` (kept weights in column order, 2:4).
     scales: ``scale_dtype`` ``[out, in/group_size]``.
-    zeros: uint8 ``[out, in/group_size]``, integer zero points in [0, 2**bits - 1].
+    zeros: uint8 ``[out, in/group_size]``, zero points in [0, 2**bits - 1]; when
+        ``zero_halves`` is True they are stored doubled (2z in [0, 2**(bits+1) - 2]).
     mask_codes: None (dense) or uint8 ``[out, in/4]`` 2:4 pattern codes (see sparse_index).
     group_size: input columns of the dense matrix per group.
     """
@@ -90,6 +103,12 @@ class QuantizedWeight:
     bits: int
     group_size: int
     mask_codes: torch.Tensor | None = None
+    zero_halves: bool = False
+
+    @property
+    def zero_points(self) -> torch.Tensor:
+        """Zero points z as float32 ``[out, in/group_size]``."""
+        return self.zeros.float() / 2 if self.zero_halves else self.zeros.float()
 
     @property
     def is_sparse(self) -> bool:
@@ -134,7 +153,8 @@ def fit_group_params(
 
     Returns:
         ``(scale, zero)``: float32 ``[...]`` holding values exactly representable in
-        ``config.scale_dtype``, and float32 ``[...]`` integer zero points in [0, 2**bits - 1].
+        ``config.scale_dtype``, and float32 ``[...]`` zero points in [0, 2**bits - 1] (integers,
+        or multiples of 1/2 with ZeroPoint.HALF_INTEGER).
     """
     values = values.float()
     if kept is None:
@@ -159,7 +179,9 @@ def fit_group_params(
 
 
 def quantize_to_codes(values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, max_code: int) -> torch.Tensor:
-    """Codes ``clamp(round(values / scale) + zero, 0, max_code)``.
+    """Codes ``clamp(round(values / scale + frac(zero)) + floor(zero), 0, max_code)``.
+
+    For an integer zero point this is ``clamp(round(values / scale) + zero, 0, max_code)``.
 
     Args:
         values: float ``[..., size]``.
@@ -169,7 +191,9 @@ def quantize_to_codes(values: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     Returns:
         float32 ``[..., size]`` holding integers in [0, max_code].
     """
-    return (torch.round(values.float() / scale.unsqueeze(-1)) + zero.unsqueeze(-1)).clamp(0, max_code)
+    whole = torch.floor(zero).unsqueeze(-1)
+    frac = zero.unsqueeze(-1) - whole
+    return (torch.round(values.float() / scale.unsqueeze(-1) + frac) + whole).clamp(0, max_code)
 
 
 def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -205,18 +229,24 @@ def quantize_groupwise(
     return QuantizedWeight(
         codes=codes.reshape(stored.shape).to(torch.uint8),
         scales=scale.to(config.scale_dtype),
-        zeros=zero.to(torch.uint8),
+        zeros=stored_zero_points(zero, config),
         bits=config.bits,
         group_size=config.group_size,
         mask_codes=None if mask is None else encode_2to4_mask(mask),
+        zero_halves=config.zero_point is ZeroPoint.HALF_INTEGER,
     )
+
+
+def stored_zero_points(zero: torch.Tensor, config: GroupQuantConfig) -> torch.Tensor:
+    """Zero points float32 ``[...]`` -> uint8 ``[...]`` as stored (doubled for HALF_INTEGER)."""
+    return (zero * 2 if config.zero_point is ZeroPoint.HALF_INTEGER else zero).to(torch.uint8)
 
 
 def dequantize_groupwise(quantized: QuantizedWeight) -> torch.Tensor:
     """Reconstruct the float32 weight ``[out, in]``, with exact zeros at 2:4-pruned positions."""
     out = quantized.codes.shape[0]
     groups = quantized.codes.reshape(out, -1, quantized.codes_per_group)
-    values = dequantize_codes(groups, quantized.scales, quantized.zeros).reshape(quantized.codes.shape)
+    values = dequantize_codes(groups, quantized.scales, quantized.zero_points).reshape(quantized.codes.shape)
     if quantized.mask_codes is None:
         return values
     return decompress_2to4(values, decode_2to4_mask(quantized.mask_codes))
@@ -229,7 +259,8 @@ def _params_for_range(
     tiny = torch.finfo(config.scale_dtype).tiny
     scale = ((hi - lo) / config.max_code).clamp(min=tiny)
     scale = scale.to(config.scale_dtype).float()
-    zero = torch.round(-lo / scale).clamp(0, config.max_code)
+    steps = 2.0 if config.zero_point is ZeroPoint.HALF_INTEGER else 1.0
+    zero = (torch.round(-lo / scale * steps) / steps).clamp(0, config.max_code)
     return scale, zero
 
 

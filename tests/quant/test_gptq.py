@@ -6,7 +6,7 @@ from llmfab.quant.gptq import gptq_quantize, sparsegpt_gptq
 from llmfab.quant.obs_sweep import ObsConfig, obs_sweep
 from llmfab.quant.sparse_index import check_2to4_mask, decode_2to4_mask
 from llmfab.quant.sparsity import input_channel_norms, sparsegpt_prune, wanda_2to4_mask
-from llmfab.quant.weight_quant import GroupQuantConfig, dequantize_groupwise, quantize_groupwise
+from llmfab.quant.weight_quant import GroupQuantConfig, ZeroPoint, dequantize_groupwise, quantize_groupwise
 from llmfab.tests.quant.correlated_data import correlated_layer
 
 BLOCKS = ObsConfig(blocksize=32)
@@ -85,3 +85,13 @@ def test_mask_and_joint_pruning_are_exclusive_and_shapes_are_checked():
         gptq_quantize(case.weight, case.hessian, quant, mask=wide_mask)
     with pytest.raises(InputError, match="either prune_2to4"):
         obs_sweep(case.weight, case.hessian, ObsConfig(), prune_2to4=True, mask=wide_mask[:, :32])
+
+
+def test_half_integer_zero_points_work_in_the_joint_sweep():
+    case = correlated_layer(seed=10)
+    quant = GroupQuantConfig(bits=2, group_size=32, zero_point=ZeroPoint.HALF_INTEGER)
+    joint = sparsegpt_gptq(case.weight, case.hessian, quant, BLOCKS)
+    assert joint.quantized.zero_halves and int(joint.quantized.zeros.max()) <= 6
+    assert torch.equal(joint.weight, dequantize_groupwise(joint.quantized))
+    integer = sparsegpt_gptq(case.weight, case.hessian, GroupQuantConfig(bits=2, group_size=32), BLOCKS)
+    assert case.output_error(joint.weight) < case.output_error(integer.weight)

@@ -7,6 +7,7 @@ from llmfab.quant.sparse_index import compress_2to4, decode_2to4_mask
 from llmfab.quant.weight_quant import (
     GroupQuantConfig,
     ScaleInit,
+    ZeroPoint,
     dequantize_groupwise,
     fit_group_params,
     quantize_groupwise,
@@ -109,3 +110,27 @@ def test_sparse_group_size_must_hold_whole_2to4_groups():
 def test_unsupported_bits_are_rejected():
     with pytest.raises(InputError, match="weight bits 5"):
         GroupQuantConfig(bits=5)
+
+
+def test_half_integer_zero_point_serves_kept_2to4_weights_better_at_two_bits():
+    weight = _weight(seed=5, out=32, inp=256)
+    mask = magnitude_2to4_mask(weight)
+    errors = {}
+    for zero_point in ZeroPoint:
+        config = GroupQuantConfig(bits=2, group_size=64, zero_point=zero_point)
+        quantized = quantize_groupwise(weight, config, mask=mask)
+        restored = dequantize_groupwise(quantized)
+        assert (restored[~mask] == 0).all()
+        errors[zero_point] = float((restored - weight)[mask].pow(2).sum())
+    assert errors[ZeroPoint.HALF_INTEGER] < 0.9 * errors[ZeroPoint.INTEGER]
+
+
+def test_half_integer_zero_points_are_stored_doubled_and_round_trip_within_half_a_step():
+    weight = _weight(seed=6)
+    config = GroupQuantConfig(bits=3, group_size=32, init=ScaleInit.MINMAX, zero_point=ZeroPoint.HALF_INTEGER)
+    quantized = quantize_groupwise(weight, config)
+    assert quantized.zero_halves and int(quantized.zeros.max()) <= 14
+    assert torch.equal(quantized.zero_points, quantized.zeros.float() / 2)
+    assert bool((quantized.zeros % 2 == 1).any())  # some groups do use a half step
+    scale = _per_weight_scale(quantized, 32)
+    assert ((dequantize_groupwise(quantized) - weight).abs() <= (0.5 + 7 / 1024) * scale).all()
