@@ -72,6 +72,8 @@ def sparsegpt_gptq(
 
 
 def _to_result(result: SweepResult, quant: GroupQuantConfig, sparse: bool) -> GptqResult:
+    """Pack a sweep's dense ``[out, in]`` codes (compressed to ``[out, in/2]`` under 2:4) and
+    float32 group parameters into a :class:`GptqResult`."""
     codes = compress_2to4(result.codes, result.kept) if sparse else result.codes
     quantized = QuantizedWeight(
         codes=codes,

@@ -44,6 +44,7 @@ class Kv4Config:
     block_tokens: int = 32
 
     def __post_init__(self) -> None:
+        """Reject a non-positive block length."""
         if self.block_tokens < 1:
             raise InputError(f"block_tokens {self.block_tokens} must be a positive token count, e.g. 32")
 
@@ -161,6 +162,8 @@ class Kv4Cache:
 
 
 def _check_kv(values: torch.Tensor, what: str) -> None:
+    """Raise InputError unless values is a float ``[batch, kv_heads, tokens, head_dim]`` tensor with
+    even head_dim and float16-representable magnitudes."""
     if values.dim() != 4 or not values.dtype.is_floating_point:
         raise InputError(
             f"{what} have dtype {values.dtype} and shape {tuple(values.shape)}; pass a float tensor "

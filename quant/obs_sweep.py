@@ -41,6 +41,7 @@ class ObsConfig:
     act_order: bool = False
 
     def __post_init__(self) -> None:
+        """Reject a non-positive block size or negative dampening."""
         if self.blocksize < 1:
             raise InputError(f"blocksize {self.blocksize} must be a positive number of columns, e.g. 128")
         if self.damp_ratio < 0:

@@ -121,5 +121,6 @@ def unpack_2to4_index(packed: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def _check_bits(bits: int) -> None:
+    """Raise InputError unless ``bits`` is one of SUPPORTED_BITS."""
     if bits not in SUPPORTED_BITS:
         raise InputError(f"bit width {bits} is not supported; use one of {SUPPORTED_BITS}")

@@ -68,6 +68,7 @@ class GroupQuantConfig:
     zero_point: ZeroPoint = ZeroPoint.INTEGER
 
     def __post_init__(self) -> None:
+        """Reject unsupported bit widths, group sizes and search settings."""
         if self.bits not in SUPPORTED_WEIGHT_BITS:
             raise InputError(f"weight bits {self.bits} is not supported; use one of {SUPPORTED_WEIGHT_BITS}")
         if self.group_size < 1:
@@ -271,6 +272,8 @@ def _group_sq_error(
     config: GroupQuantConfig,
     kept: torch.Tensor | None,
 ) -> torch.Tensor:
+    """Squared rounding error per group: values ``[..., size]``, scale/zero ``[...]`` -> float32 ``[...]``,
+    summed over kept entries only when ``kept`` (bool ``[..., size]``) is given."""
     codes = quantize_to_codes(values, scale, zero, config.max_code)
     err = (dequantize_codes(codes, scale, zero) - values) ** 2
     if kept is not None:
