@@ -212,7 +212,7 @@ class _Parser:
                 where = self.condition()
             elif self.accept("order") and order is None:
                 self.expect("(")
-                order = [self.index_name()]
+                order = [] if self.at(")") else [self.index_name()]
                 while self.accept(","):
                     order.append(self.index_name())
                 self.expect(")")
@@ -220,7 +220,7 @@ class _Parser:
                 group = self.integer("a fusion group number")
             else:
                 raise self.error(f"unexpected {clause.describe()}; expected reduce, where, order or group", clause)
-        einsum = Einsum(output, expr, (), where, tuple(order) if order else None, group)
+        einsum = Einsum(output, expr, (), where, tuple(order) if order is not None else None, group)
         if reductions is None:
             # No reduce clause: every index absent from the output is summed (union), as in TeAAL.
             kept = output.index_names() | fixed
