@@ -46,8 +46,9 @@ def prompt_ids(tokenizer, args) -> list[int]:
     return tokenizer.encode(tokenizer.apply_chat_template(messages), add_bos=False)
 
 
-def stream(decoder, tokenizer, args, out=sys.stdout) -> dict:
-    """Generate per `args`, writing text to `out` as it comes; returns timing figures."""
+def stream(decoder, tokenizer, args, out=None) -> dict:
+    """Generate per `args`, writing text to `out` (stdout) as it comes; returns timing figures."""
+    out = out or sys.stdout
     from llmfab.quant.generate import Sampling, generate
     from llmfab.quant.tokenizer import StreamDecoder
 
