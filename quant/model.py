@@ -5,7 +5,9 @@ seams let later stages change the numerics without copying this file:
   * every projection is a module in `layer.self_attn` / `layer.mlp`, replaced with
     `replace_linear(model, layer, name, module)` (e.g. by a fake-quant linear);
   * attention over cached keys/values is an `AttentionCore` object (dense softmax here),
-    and the per-layer KV cache comes from `ModelCache`'s factory.
+    and the per-layer KV cache comes from `ModelCache`'s factory. A cache that declares
+    `rotates_keys = True` receives unrotated q/k/v in `cache.attend(q, k, v) -> out` and
+    places RoPE itself (Λ-attention assigns positions by cache slot).
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if getattr(cache, "rotates_keys", False):
+            # the cache places RoPE itself (e.g. by slot order, StreamingLLM) and attends
+            out = cache.attend(q, k, v)
+            return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)
@@ -139,6 +145,9 @@ class LlamaModel(nn.Module):
         return cls.from_weights(checkpoint.config, checkpoint.weights)
 
     def new_cache(self, factory=None) -> ModelCache:
+        """Per-layer caches from `factory`, else from `self.cache_factory` if one was set
+        (e.g. by `enable_lambda_attention`), else dense float caches."""
+        factory = factory or getattr(self, "cache_factory", None)
         if factory is None:
             return ModelCache(self.config.num_layers)
         return ModelCache(self.config.num_layers, factory)
