@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -16,13 +17,24 @@ def run_cli(*args, env=None):
                           text=True, timeout=300, env=env)
 
 
+def undocumented_options(parser, path):
+    """Options (recursively through nested subcommands) that have no help text."""
+    missing = []
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        if not action.help:
+            missing.append(f"{path}: {action.option_strings or action.dest}")
+        for name, sub in (getattr(action, "choices", None) or {}).items():
+            if isinstance(sub, argparse.ArgumentParser):
+                missing += undocumented_options(sub, f"{path} {name}")
+    return missing
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_option_has_help(command):
-    parser = build_parser()
-    sub = parser._subparsers._group_actions[0].choices[command]
-    for action in sub._actions:
-        if action.dest != "help":
-            assert action.help, f"llmfab {command}: option {action.option_strings or action.dest} lacks help"
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    assert undocumented_options(sub, f"llmfab {command}") == []
     assert sub.format_help()
 
 

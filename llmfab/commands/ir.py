@@ -13,7 +13,8 @@ HELP = "check Einsum-cascade IR files (validation, tensors, Einsums, pass counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="ir_action", metavar="ACTION", required=True)
+    actions = parser.add_subparsers(dest="ir_action", metavar="ACTION", required=True,
+                                    help="what to do with the cascade file")
     check = actions.add_parser(
         "check",
         help="validate a cascade file and report its tensors, Einsums and pass counts",
