@@ -206,4 +206,5 @@ def enable_kv4(model, kv4: Kv4CacheConfig = Kv4CacheConfig()) -> None:
     """Dense attention with a packed 4-bit cache: `model.new_cache()` builds Kv4KVCache layers."""
     from llmfab.quant.kv_cache_4bit import Kv4KVCache
 
+    disable_lambda_attention(model)
     model.cache_factory = lambda: Kv4KVCache(kv4)
