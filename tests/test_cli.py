@@ -25,8 +25,8 @@ def undocumented_options(parser, path):
             continue
         if not action.help:
             missing.append(f"{path}: {action.option_strings or action.dest}")
-        for name, sub in (getattr(action, "choices", None) or {}).items():
-            if isinstance(sub, argparse.ArgumentParser):
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
                 missing += undocumented_options(sub, f"{path} {name}")
     return missing
 
