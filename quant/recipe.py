@@ -1,0 +1,224 @@
+"""Compression recipes: one frozen description of how a model is compressed, with named presets.
+
+A recipe fixes the weight format (bits, group size, 2:4 sparsity and how the mask is chosen), the
+activation and KV-cache formats, Λ-shaped attention (sink tokens and window), the calibration
+data and the number of QAT steps. ``Recipe.from_preset(name, **overrides)`` starts from a preset
+and replaces single options; every value is checked when the recipe is built, and
+:meth:`Recipe.check_model` checks it against a model's shapes.
+
+Bit widths of 16 mean "left in floating point" for activations and the KV cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+
+from llmfab.errors import InputError
+from llmfab.quant.config import ModelConfig
+from llmfab.quant.kv4 import KvGranularity
+from llmfab.quant.weight_quant import SUPPORTED_WEIGHT_BITS, ZeroPoint
+
+FLOAT_BITS = 16
+SUPPORTED_ACT_BITS = (8, FLOAT_BITS)
+SUPPORTED_KV_BITS = (4, 8, FLOAT_BITS)
+
+
+class Sparsity(enum.Enum):
+    """Which weights of a decoder linear layer are pruned."""
+
+    NONE = "none"
+    TWO_FOUR = "2:4"  # 2 of every 4 consecutive input columns kept
+
+
+class PruningMethod(enum.Enum):
+    """How the 2:4 mask is chosen (see quant/sparsity.py)."""
+
+    SPARSEGPT = "sparsegpt"  # OBS saliency, chosen jointly with GPTQ in one sweep
+    WANDA = "wanda"  # |W| * ||X_j||, then GPTQ on the kept weights
+
+
+_ENUM_FIELDS = {
+    "kv_key_granularity": KvGranularity,
+    "kv_value_granularity": KvGranularity,
+    "sparsity": Sparsity,
+    "pruning": PruningMethod,
+    "zero_point": ZeroPoint,
+}
+
+
+def _check_choice(what: str, value: int, allowed: tuple[int, ...], option: str) -> None:
+    """Raise InputError unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise InputError(f"{option} {value}: {what} must be one of {', '.join(map(str, allowed))}")
+
+
+def _parse_enum(kind: type[enum.Enum], value, key: str) -> enum.Enum:
+    """``kind(value)``, accepting the value with '-' for '_', or an InputError listing choices."""
+    text = str(value).replace("-", "_") if kind is not Sparsity else str(value)
+    try:
+        return kind(text)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise InputError(f"{key.replace('_', '-')} {value!r} is not one of: {choices}") from None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to compress a model. ``sinks``/``window`` of None mean dense attention.
+
+    KV scales are per-channel for keys and per-token for values by default (the better pair on
+    SmolLM2, see quant/kv_cache_4bit.py). ``calib_texts`` are UTF-8 files; empty means the calibration excerpt shipped with llmfab.
+    Calibration uses ``calib_samples`` windows of ``calib_seq_len`` tokens.
+    """
+
+    name: str
+    weight_bits: int
+    group_size: int = 64
+    act_bits: int = 8
+    kv_bits: int = 8
+    kv_key_granularity: KvGranularity = KvGranularity.PER_CHANNEL
+    kv_value_granularity: KvGranularity = KvGranularity.PER_TOKEN
+    sparsity: Sparsity = Sparsity.NONE
+    pruning: PruningMethod = PruningMethod.SPARSEGPT
+    zero_point: ZeroPoint = ZeroPoint.INTEGER
+    sinks: int | None = None
+    window: int | None = None
+    calib_texts: tuple[str, ...] = ()
+    calib_samples: int = 32
+    calib_seq_len: int = 512
+    qat_steps: int = 0
+
+    def __post_init__(self) -> None:
+        """Reject bit widths, sizes and Λ settings that no stage supports."""
+        _check_choice("weight bits", self.weight_bits, SUPPORTED_WEIGHT_BITS, "--weight-bits")
+        _check_choice("activation bits", self.act_bits, SUPPORTED_ACT_BITS, "--act-bits")
+        _check_choice("KV-cache bits", self.kv_bits, SUPPORTED_KV_BITS, "--kv-bits")
+        for option, value, smallest in (("--group-size", self.group_size, 1),
+                                        ("--calib-samples", self.calib_samples, 1),
+                                        ("--calib-seq-len", self.calib_seq_len, 2),
+                                        ("--qat-steps", self.qat_steps, 0)):
+            if value < smallest:
+                raise InputError(f"{option} is {value}; it must be at least {smallest}")
+        if self.sparsity is Sparsity.TWO_FOUR and self.group_size % 4:
+            raise InputError(
+                f"--group-size {self.group_size} is not a multiple of 4, but 2:4 sparsity needs whole "
+                "groups of 4 columns in every quantization group; use e.g. 32 or 64"
+            )
+        if (self.sinks is None) != (self.window is None):
+            raise InputError(
+                "Λ-shaped attention needs both --sinks and --window (e.g. --sinks 4 --window 1024); "
+                f"got sinks={self.sinks}, window={self.window}"
+            )
+        if self.sinks is not None and (self.sinks < 0 or self.window < 1):
+            raise InputError(
+                f"--sinks must be >= 0 and --window >= 1, got sinks={self.sinks}, window={self.window}"
+            )
+
+    @property
+    def lambda_attention(self) -> bool:
+        """True when attention is Λ-shaped (sink tokens plus a sliding window)."""
+        return self.window is not None
+
+    @property
+    def sparse(self) -> bool:
+        """True when decoder linears are 2:4-pruned."""
+        return self.sparsity is Sparsity.TWO_FOUR
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides) -> "Recipe":
+        """The preset named ``preset`` with options replaced by ``overrides`` (None = keep).
+
+        Enum options accept their string values (e.g. ``sparsity="2:4"``). Setting ``window``
+        alone on a dense preset turns Λ attention on with the default 4 sinks.
+        """
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+        values = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"unknown recipe option(s) {sorted(unknown)}")
+        for key, kind in _ENUM_FIELDS.items():
+            if key in values and not isinstance(values[key], kind):
+                values[key] = _parse_enum(kind, values[key], key)
+        if "calib_texts" in values:
+            values["calib_texts"] = tuple(str(t) for t in values["calib_texts"])
+        base = PRESETS[preset]
+        if "window" in values and base.sinks is None and "sinks" not in values:
+            values["sinks"] = DEFAULT_SINKS
+        return dataclasses.replace(base, **values)
+
+    def check_model(self, config: ModelConfig) -> None:
+        """Raise InputError unless this recipe fits ``config`` (group size, 2:4, Λ window)."""
+        inputs = {
+            "q_proj/k_proj/v_proj/gate_proj/up_proj (hidden_size)": config.hidden_size,
+            "o_proj (num_heads * head_dim)": config.q_dim,
+            "down_proj (intermediate_size)": config.intermediate_size,
+        }
+        for layer, width in inputs.items():
+            if width % self.group_size:
+                divisors = [d for d in range(8, min(width, 256) + 1, 8) if width % d == 0 and
+                            all(w % d == 0 for w in inputs.values())]
+                raise InputError(
+                    f"--group-size {self.group_size} does not divide the input dimension {width} of "
+                    f"{layer} in {config.name or 'this model'}; use a group size that divides every "
+                    f"layer's input, e.g. one of {divisors or [1]}"
+                )
+        if self.sinks is not None and self.sinks + self.window > config.max_position_embeddings:
+            raise InputError(
+                f"Λ attention with {self.sinks} sinks and a window of {self.window} tokens spans more "
+                f"than the model's trained context ({config.max_position_embeddings} tokens); "
+                f"choose --window at most {config.max_position_embeddings - self.sinks}"
+            )
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (enums as their values, tuples as lists)."""
+        out = dataclasses.asdict(self)
+        for key in _ENUM_FIELDS:
+            out[key] = out[key].value
+        out["calib_texts"] = list(self.calib_texts)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(values) - known:
+            raise InputError(f"recipe has unknown field(s) {sorted(set(values) - known)}")
+        for key, kind in _ENUM_FIELDS.items():
+            if key in values:
+                values[key] = _parse_enum(kind, values[key], key)
+        values["calib_texts"] = tuple(values.get("calib_texts", ()))
+        return cls(**values)
+
+
+DEFAULT_SINKS = 4
+DEFAULT_WINDOW = 1024
+
+PRESETS: dict[str, Recipe] = {
+    "w8a8kv8": Recipe("w8a8kv8", weight_bits=8, group_size=64, act_bits=8, kv_bits=8),
+    "w4a8kv4": Recipe("w4a8kv4", weight_bits=4, group_size=64, act_bits=8, kv_bits=4),
+    "w2a8kv4": Recipe("w2a8kv4", weight_bits=2, group_size=64, act_bits=8, kv_bits=4),
+    "accllm": Recipe("accllm", weight_bits=2, group_size=64, act_bits=8, kv_bits=4,
+                     sparsity=Sparsity.TWO_FOUR, pruning=PruningMethod.SPARSEGPT,
+                     sinks=DEFAULT_SINKS, window=DEFAULT_WINDOW),
+}
+
+def kv_bytes_per_token(config: ModelConfig, recipe: Recipe, block_tokens: int = 32) -> float:
+    """KV-cache bytes one token of one sequence occupies, over all layers, keys and values.
+
+    Quantized caches store ``head_dim * kv_bits / 8`` bytes of codes per head plus a float16 scale
+    and offset per (token, head), or per (block of ``block_tokens`` tokens, head, channel) for
+    per-channel scales; a float cache stores float16 values.
+    """
+    per_head = 0.0
+    for granularity in (recipe.kv_key_granularity, recipe.kv_value_granularity):
+        if recipe.kv_bits == FLOAT_BITS:
+            per_head += 2 * config.head_dim
+        elif granularity is KvGranularity.PER_TOKEN:
+            per_head += config.head_dim * recipe.kv_bits / 8 + 4
+        else:
+            per_head += config.head_dim * recipe.kv_bits / 8 + 4 * config.head_dim / block_tokens
+    return config.num_layers * config.num_kv_heads * per_head
