@@ -1,0 +1,25 @@
+"""Quantize the tiny test model with a preset and a few short calibration windows."""
+
+from __future__ import annotations
+
+from llmfab.quant.calibrate import calibration_windows, quantize_model
+from llmfab.quant.checkpoint import load_checkpoint
+from llmfab.quant.model import LlamaModel
+from llmfab.quant.recipe import Recipe
+
+FAST_CALIBRATION = dict(calib_samples=2, calib_seq_len=32)
+
+
+def tiny_recipe(preset: str, **overrides) -> Recipe:
+    """``preset`` with short calibration (and a window that fits the tiny model's context)."""
+    if preset == "accllm":
+        overrides.setdefault("window", 32)
+    return Recipe.from_preset(preset, **{**FAST_CALIBRATION, **overrides})
+
+
+def quantized_tiny(folder, recipe: Recipe):
+    """(checkpoint, float model, quantized model, calibration windows) for the tiny HF folder."""
+    checkpoint = load_checkpoint(str(folder), use_cache=False)  # leave the session cache to its own tests
+    windows = calibration_windows(checkpoint.tokenizer, recipe)
+    model = quantize_model(LlamaModel.from_checkpoint(checkpoint), recipe, windows)
+    return checkpoint, LlamaModel.from_checkpoint(checkpoint), model, windows
