@@ -11,13 +11,14 @@ import json
 import sys
 import time
 
-from llmfab.commands.common import add_model_argument, load_float_model
+from llmfab.commands.common import add_artifact_argument, add_model_argument, load_model_or_artifact
 
 HELP = "perplexity of a model over a text file"
 
 
 def add_arguments(parser) -> None:
     add_model_argument(parser)
+    add_artifact_argument(parser)
     parser.add_argument("--text", default=None,
                         help="UTF-8 text file to score (default: the bundled persuasion.txt)")
     parser.add_argument("--ctx", type=int, default=512, help="tokens per window (default 512)")
@@ -36,27 +37,30 @@ def run(args) -> int:
     if args.max_tokens is not None and args.max_tokens < 2:
         raise InputError(f"--max-tokens must be at least 2, got {args.max_tokens}")
     text_path, text = read_text(args.text)
-    checkpoint, model = load_float_model(args.model, not args.no_cache, quiet=args.json)
-    tokens = checkpoint.tokenizer.encode(text)
+    tokenizer, model, described = load_model_or_artifact(args, quiet=args.json)
+    tokens = tokenizer.encode(text)
     total_tokens = len(tokens)
     tokens = tokens[: args.max_tokens] if args.max_tokens else tokens
     stride = args.stride if args.stride is not None else args.ctx
     start = time.perf_counter()
+    if args.artifact:  # KV cache and Λ attention act only through the cache
+        from llmfab.quant.recipe_runtime import cached_logits
+
+        model = cached_logits(model)
     result = perplexity(model, tokens, args.ctx, stride, progress=progress)
     seconds = time.perf_counter() - start
     report = {
         **result.to_dict(),
-        "model": args.model,
+        **described,
         "text": str(text_path),
         "text_tokens": total_tokens,
-        "backend": "torch-float",
         "seconds": round(seconds, 3),
         "tokens_per_s": round(len(tokens) / seconds, 1),
     }
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{args.model} on {text_path.name}: perplexity {result.ppl:.4f} "
+        print(f"{described['model']} on {text_path.name}: perplexity {result.ppl:.4f} "
               f"(nll {result.nll:.5f} nats/token over {result.tokens} tokens, ctx {args.ctx}, "
               f"stride {stride}, {result.windows} windows, {report['tokens_per_s']} tokens/s)")
     sys.stdout.flush()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from llmfab.commands.common import add_model_argument, load_float_model
+from llmfab.commands.common import add_artifact_argument, add_model_argument, load_model_or_artifact
 
 HELP = "generate text from a prompt (streamed)"
 
@@ -35,6 +35,7 @@ def add_sampling_arguments(parser) -> None:
 
 def add_arguments(parser) -> None:
     add_model_argument(parser)
+    add_artifact_argument(parser)
     add_sampling_arguments(parser)
 
 
@@ -85,6 +86,6 @@ def report_timing(stats: dict) -> None:
 def run(args) -> int:
     from llmfab.quant.generate import TorchDecoder
 
-    checkpoint, model = load_float_model(args.model, not args.no_cache)
-    report_timing(stream(TorchDecoder(model), checkpoint.tokenizer, args))
+    tokenizer, model, _ = load_model_or_artifact(args)
+    report_timing(stream(TorchDecoder(model), tokenizer, args))
     return 0
