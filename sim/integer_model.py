@@ -1,0 +1,157 @@
+"""Integer reference forward of a compressed LLaMA model, built only from the ops of
+:mod:`llmfab.sim.numerics` (docs/numerics.md §11).
+
+One sequence at a time: :meth:`IntegerModel.forward` runs T tokens (prefill, or a decode step
+when T = 1) through embedding -> decoder layers -> final norm -> LM head and returns ACT32 logits,
+advancing an :class:`IntegerCache` whose keys and values are stored as KV4 codes (or as ACT32
+when the model was built without KV4). numpy only; see :mod:`llmfab.sim.integer_weights` for
+building a model from the fake-quant torch model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmfab.sim.attention_ops import (
+    AttentionConstants,
+    attention,
+    causal_visibility,
+    kv4_dequantize,
+    kv4_quantize,
+)
+from llmfab.sim.linear_ops import IntegerWeight, embed, linear, requantize_per_token
+from llmfab.sim.special_functions import silu
+from llmfab.sim.vector_ops import NormWeight, apply_rope, multiply, residual_add, rmsnorm, rope_tables
+
+
+@dataclass(frozen=True)
+class KvStoreFormat:
+    """How one cache stream (keys or values) is stored (§6.4).
+
+    per_channel: statistics per (head, channel) over blocks of ``block_tokens`` tokens, the
+    unfinished block waiting unquantized (ACT32); otherwise per (head, token) over head_dim.
+    """
+
+    per_channel: bool
+    block_tokens: int = 32
+
+
+@dataclass(frozen=True, eq=False)
+class IntegerLayer:
+    """One decoder layer's integer weights and norm constants."""
+
+    input_norm: NormWeight
+    q_proj: IntegerWeight
+    k_proj: IntegerWeight
+    v_proj: IntegerWeight
+    o_proj: IntegerWeight
+    post_attention_norm: NormWeight
+    gate_proj: IntegerWeight
+    up_proj: IntegerWeight
+    down_proj: IntegerWeight
+
+
+@dataclass(frozen=True, eq=False)
+class IntegerModel:
+    """A compressed model in the engine's integer formats.
+
+    keys / values: KV4 formats of the cache streams, None to keep them as ACT32.
+    inv_freq: float64 ``[head_dim/2]`` RoPE frequencies (the compiler turns them into tables).
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    embedding: IntegerWeight
+    layers: tuple[IntegerLayer, ...]
+    final_norm: NormWeight
+    lm_head: IntegerWeight
+    inv_freq: np.ndarray
+    keys: KvStoreFormat | None
+    values: KvStoreFormat | None
+
+    def new_cache(self) -> "IntegerCache":
+        """An empty cache for one sequence."""
+        return IntegerCache(len(self.layers), self.keys, self.values)
+
+    def forward(self, ids, cache: "IntegerCache | None" = None) -> np.ndarray:
+        """Token ids ``[T]`` -> ACT32 logits ``[T, vocab]``; appends to ``cache`` (a new one if None)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        cache = self.new_cache() if cache is None else cache
+        positions = np.arange(cache.position, cache.position + ids.shape[0])
+        cos, sin = rope_tables(self.inv_freq, positions)
+        constants = AttentionConstants.for_head_dim(self.head_dim)
+        x = embed(ids, self.embedding)
+        for layer, streams in zip(self.layers, cache.layers):
+            x = decoder_layer(self, layer, x, streams, cos, sin, constants)
+        cache.position += ids.shape[0]
+        return linear(requantize_per_token(rmsnorm(x, self.final_norm)), self.lm_head)
+
+
+def decoder_layer(model: IntegerModel, layer: IntegerLayer, x: np.ndarray, streams, cos, sin,
+                  constants: AttentionConstants) -> np.ndarray:
+    """ACT32 hidden states ``[T, hidden]`` -> ``[T, hidden]`` through one decoder layer (§11)."""
+    t = x.shape[0]
+    normed = requantize_per_token(rmsnorm(x, layer.input_norm))
+    q = linear(normed, layer.q_proj).reshape(t, model.num_heads, model.head_dim).transpose(1, 0, 2)
+    k = linear(normed, layer.k_proj).reshape(t, model.num_kv_heads, model.head_dim).transpose(1, 0, 2)
+    v = linear(normed, layer.v_proj).reshape(t, model.num_kv_heads, model.head_dim).transpose(1, 0, 2)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    key_stream, value_stream = streams
+    key_stream.append(k)
+    value_stream.append(v)
+    keys, values = key_stream.read(), value_stream.read()
+    mixed = attention(q, keys, values, constants, causal_visibility(t, keys.shape[1]))
+    mixed = mixed.transpose(1, 0, 2).reshape(t, -1)
+    x = residual_add(x, linear(requantize_per_token(mixed), layer.o_proj))
+    normed = requantize_per_token(rmsnorm(x, layer.post_attention_norm))
+    gated = multiply(silu(linear(normed, layer.gate_proj)), linear(normed, layer.up_proj))
+    return residual_add(x, linear(requantize_per_token(gated), layer.down_proj))
+
+
+class KvStream:
+    """One layer's keys or values ``[kv_heads, tokens, head_dim]``, stored per :class:`KvStoreFormat`.
+
+    Holds the stored form (codes, scales, offsets; ACT32 for the unfinished per-channel block) and
+    its dequantized ACT32 reading.
+    """
+
+    def __init__(self, fmt: KvStoreFormat | None):
+        self.fmt = fmt
+        self.blocks = []  # Kv4Codes of finished tokens
+        self._stored: list[np.ndarray] = []  # their ACT32 reading
+        self.pending: np.ndarray | None = None  # ACT32 tokens of an unfinished per-channel block
+
+    def append(self, x: np.ndarray) -> None:
+        """Store ACT32 tokens ``[kv_heads, T, head_dim]``."""
+        if self.fmt is None:
+            self._stored.append(x)
+            return
+        if not self.fmt.per_channel:
+            block = kv4_quantize(x, axis=-1)
+            self.blocks.append(block)
+            self._stored.append(kv4_dequantize(block))
+            return
+        staged = x if self.pending is None else np.concatenate([self.pending, x], axis=1)
+        size = self.fmt.block_tokens
+        full = staged.shape[1] // size * size
+        for start in range(0, full, size):
+            block = kv4_quantize(staged[:, start : start + size], axis=1)
+            self.blocks.append(block)
+            self._stored.append(kv4_dequantize(block))
+        self.pending = staged[:, full:]
+
+    def read(self) -> np.ndarray:
+        """All stored tokens as ACT32 ``[kv_heads, tokens, head_dim]``, oldest first."""
+        parts = self._stored + ([self.pending] if self.pending is not None else [])
+        return np.concatenate(parts, axis=1)
+
+
+class IntegerCache:
+    """Per-layer (key stream, value stream) pairs and the number of positions processed."""
+
+    def __init__(self, num_layers: int, keys: KvStoreFormat | None, values: KvStoreFormat | None):
+        self.layers = [(KvStream(keys), KvStream(values)) for _ in range(num_layers)]
+        self.position = 0

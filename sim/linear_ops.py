@@ -1,0 +1,199 @@
+"""Integer linear layers: per-token int8 requantization, weight preparation (signed codes, 2:4
+lane selection, group-scale multipliers), the grouped MAC with scale application, embeddings
+(docs/numerics.md §3, §4, §5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmfab.sim.fixed_point import (
+    ACT32,
+    ACT_CODE_MAX,
+    check_range,
+    normalize_mantissa,
+    round_shift,
+    saturate_to,
+)
+from llmfab.sim.special_functions import reciprocal
+
+INV127 = 66052  # round(2**23 / 127): the activation scale m / 127 as a 16-bit mantissa (§3.3)
+GROUP_ACCUMULATOR_BITS = 32  # signed width of a group's integer sum P, widest case (§4.3)
+ROW_ACCUMULATOR_BITS = 48  # signed width of the scaled row sum Y (DSP48E2 accumulator, §5.2)
+# kept lanes per 2:4 pattern code, numbered as in llmfab.quant.sparse_index
+PATTERN_LANES = np.array([(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)], dtype=np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class ActCodes:
+    """Per-token int8 codes of an ACT32 tensor and the step of each token (§3).
+
+    codes: int64 ``[..., n]`` in [-127, 127]; the token's step in ACT32 units is
+    ``scale_mantissa * 2**scale_exponent`` (mantissa 0 for an all-zero token).
+    """
+
+    codes: np.ndarray
+    scale_mantissa: np.ndarray
+    scale_exponent: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class IntegerWeight:
+    """A weight matrix as the engine holds it (§4, §5.1).
+
+    values: int64 ``[out, in]`` signed integer weights ``c - z`` (``2c - 2z`` with half-integer zero
+    points), 0 at 2:4-pruned lanes. scale_mantissa: int64 ``[out, in/group_size]`` unsigned 16-bit
+    multipliers. row_shift: int64 ``[out]``; a weight means ``values * scale_mantissa * 2**-row_shift``.
+    """
+
+    values: np.ndarray
+    scale_mantissa: np.ndarray
+    row_shift: np.ndarray
+    group_size: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in) of the dense matrix."""
+        return self.values.shape
+
+
+def requantize_per_token(x) -> ActCodes:
+    """ACT32 ``[..., n]`` -> int8 codes with one step per token (§3).
+
+    ``m = max|x|``; ``(r, e) = reciprocal(m)``; ``x`` is pre-shifted by ``s0 = max(0, e - 15)`` to
+    at most 17 bits and ``q = sat127(rshr(rshr(x, s0) * (127 * r), 16 + e - s0))``. The step is
+    ``m / 127`` as ``A * 2**(e - 21)`` with ``A = rshr(u * INV127, 17)``, u the top 16 bits of m.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    peak = np.abs(x).max(axis=-1, keepdims=True)
+    nonzero = peak > 0
+    safe = np.where(nonzero, peak, 1)
+    r, e = reciprocal(safe)
+    pre_shift = np.maximum(e - 15, 0)
+    narrow = round_shift(x, pre_shift)
+    codes = round_shift(narrow * (ACT_CODE_MAX * r), 16 + e - pre_shift)
+    codes = np.clip(codes, -ACT_CODE_MAX, ACT_CODE_MAX) * nonzero
+    u, e_m = normalize_mantissa(safe, 16)
+    mantissa = round_shift(u * INV127, 17) * nonzero
+    return ActCodes(codes, mantissa[..., 0], (e_m - 21)[..., 0])
+
+
+def dequantize_act(act: ActCodes) -> np.ndarray:
+    """Codes back to ACT32 values (for tests): ``rshr(q * A, -E)``."""
+    return round_shift(act.codes * act.scale_mantissa[..., None], -act.scale_exponent[..., None])
+
+
+def signed_weights(codes, zeros, group_size: int) -> np.ndarray:
+    """Codes ``[out, k]`` and zero points ``[out, k / group_size]`` (both as stored) ->
+    int64 ``c - z`` (§4.1). With half-integer zero points pass ``2 * codes`` and the doubled zeros."""
+    codes = np.asarray(codes, dtype=np.int64)
+    zeros = np.asarray(zeros, dtype=np.int64)
+    return codes - np.repeat(zeros, group_size, axis=1)
+
+
+def kept_lanes(pattern_codes) -> np.ndarray:
+    """2:4 pattern codes ``[out, in/4]`` -> activation lane of every kept weight ``[out, in/2]`` (§4.2).
+
+    Kept weight ``2b`` of a row reads lane ``4b + first(p)``, kept weight ``2b+1`` reads
+    ``4b + second(p)``, with (first, second) the pattern's kept pair.
+    """
+    p = np.asarray(pattern_codes, dtype=np.int64)
+    if p.size and (p.min() < 0 or p.max() > 5):
+        raise ValueError("2:4 pattern codes must lie in 0..5")
+    base = 4 * np.arange(p.shape[1], dtype=np.int64)
+    lanes = PATTERN_LANES[p] + base[None, :, None]
+    return lanes.reshape(p.shape[0], -1)
+
+
+def expand_2to4(kept_values, pattern_codes) -> np.ndarray:
+    """Kept signed weights ``[out, in/2]`` -> dense ``[out, in]`` with 0 at pruned lanes (§4.2)."""
+    kept_values = np.asarray(kept_values, dtype=np.int64)
+    lanes = kept_lanes(pattern_codes)
+    dense = np.zeros((kept_values.shape[0], 2 * kept_values.shape[1]), dtype=np.int64)
+    np.put_along_axis(dense, lanes, kept_values, axis=1)
+    return dense
+
+
+def scale_multipliers(scales, extra_shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """float16 group scales ``[out, groups]`` -> (16-bit mantissas ``[out, groups]``, row shifts ``[out]``) (§5.1).
+
+    Per row, ``E = max frexp exponent`` of its scales; ``M = rhu(s * 2**(16 - E))`` (exact for the
+    largest scales, round half up for the others) and ``row_shift = 16 - E + extra_shift``.
+    """
+    s = np.asarray(scales, dtype=np.float64)
+    if np.any(s < 0) or not np.all(np.isfinite(s)):
+        raise ValueError("group scales must be finite and non-negative")
+    _, exponent = np.frexp(s)
+    top = np.where(s > 0, exponent, np.iinfo(np.int64).min).max(axis=1)
+    top = np.where(top == np.iinfo(np.int64).min, 0, top)
+    mantissa = np.floor(np.ldexp(s, (16 - top)[:, None]) + 0.5).astype(np.int64)
+    return mantissa, (16 - top + extra_shift).astype(np.int64)
+
+
+def prepare_weight(codes, scales, zeros, group_size: int, pattern_codes=None,
+                   zero_halves: bool = False) -> IntegerWeight:
+    """A stored quantized weight (llmfab.quant.weight_quant.QuantizedWeight fields as numpy) ->
+    :class:`IntegerWeight` (§4.1, §4.2, §5.1). Under 2:4, ``codes`` are ``[out, in/2]`` kept codes
+    and a group holds ``group_size / 2`` of them."""
+    codes = np.asarray(codes, dtype=np.int64)
+    per_group = group_size // 2 if pattern_codes is not None else group_size
+    values = signed_weights(2 * codes if zero_halves else codes, zeros, per_group)
+    if pattern_codes is not None:
+        values = expand_2to4(values, pattern_codes)
+    mantissa, row_shift = scale_multipliers(scales, extra_shift=1 if zero_halves else 0)
+    return IntegerWeight(values, mantissa, row_shift, group_size)
+
+
+def group_sums(codes, weight: IntegerWeight) -> np.ndarray:
+    """``P[t, o, g] = Σ_{i in group g} q[t, i] * w[o, i]`` as int64 ``[T, out, groups]`` (§4.3).
+
+    Integer-valued float64 matmuls are exact here: every partial sum is below 2**53.
+    """
+    q = np.asarray(codes, dtype=np.int64)
+    out, n = weight.values.shape
+    g = weight.group_size
+    groups = n // g
+    bound = g * ACT_CODE_MAX * int(np.abs(weight.values).max(initial=0))
+    if bound >= 1 << (GROUP_ACCUMULATOR_BITS - 1):
+        raise OverflowError(f"group sums up to {bound} exceed the {GROUP_ACCUMULATOR_BITS}-bit accumulator")
+    qg = q.reshape(-1, groups, g).transpose(1, 0, 2).astype(np.float64)  # [G, T, g]
+    wg = weight.values.reshape(out, groups, g).transpose(1, 2, 0).astype(np.float64)  # [G, g, out]
+    return np.matmul(qg, wg).transpose(1, 2, 0).astype(np.int64)
+
+
+def linear(act: ActCodes, weight: IntegerWeight) -> np.ndarray:
+    """int8 activations ``[..., in]`` x integer weight -> ACT32 ``[..., out]`` (§5.2).
+
+    ``Y = Σ_g P_g * M_g`` (48-bit), then ``y = sat32(rshr(Y * A, row_shift - E))`` with the token's
+    step ``A * 2**E``.
+    """
+    lead = act.codes.shape[:-1]
+    sums = group_sums(act.codes.reshape(-1, act.codes.shape[-1]), weight)
+    rows = np.einsum("tog,og->to", sums, weight.scale_mantissa)
+    check_range(rows, ROW_ACCUMULATOR_BITS, "scaled row sum Y")
+    mantissa = act.scale_mantissa.reshape(-1, 1)
+    shift = weight.row_shift[None, :] - act.scale_exponent.reshape(-1, 1)
+    out = shift_saturate(rows * mantissa, shift)
+    return out.reshape(*lead, weight.shape[0])
+
+
+def shift_saturate(values, shift) -> np.ndarray:
+    """``sat32(rshr(v, shift))``; a negative shift saturates instead of overflowing (§1)."""
+    v = np.asarray(values, dtype=np.int64)
+    s = np.asarray(shift, dtype=np.int64)
+    left = np.maximum(-s, 0)
+    limit = np.right_shift(np.int64(ACT32.max_int), np.minimum(left, 62))
+    clipped = np.where(s < 0, np.clip(v, -limit - 1, limit), v)
+    return saturate_to(round_shift(clipped, s), ACT32)
+
+
+def embed(ids, table: IntegerWeight) -> np.ndarray:
+    """Token ids ``[...]`` -> ACT32 rows ``sat32(rshr(w * M, row_shift - 16))`` of a table whose group
+    is a whole row (§5.3)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if table.scale_mantissa.shape[1] != 1:
+        raise ValueError("embedding tables carry one scale per row")
+    rows = table.values[ids] * table.scale_mantissa[ids]
+    return shift_saturate(rows, (table.row_shift[ids] - ACT32.frac)[..., None])
