@@ -2,13 +2,16 @@
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/lambda_long_stream.py --mode lambda|dense
            [--model smollm2-135m] [--text /work/shared/corpora/persuasion.txt] [--tokens 16384]
-           [--sinks 4] [--window 1024] [--chunk 512] [--bucket 1024] [--out results/long_stream_MODE.json]
+           [--sinks 4] [--window 1024] [--chunk 512] [--bucket 1024] [--kv4]
+           [--out results/long_stream_MODE.json]
 
 The first --tokens tokens of the text are fed through ONE cache in chunks of --chunk tokens
 (prefill-style), so token i is predicted from everything the cache holds at i: all earlier tokens
 for dense (absolute RoPE positions up to --tokens), sinks + last W for Λ (positions < S+W).
 Writes per-bucket perplexity, and first/last 2,048-token perplexity. Dense cost grows as
-tokens^2 (about 10 min single-threaded for 16,384 on a 2-core machine); Λ grows linearly.
+tokens^2 (6 min single-threaded for 10,240 tokens, ~13 min estimated for 16,384); Λ grows
+linearly (7 min for 16,384). --kv4 stores the Λ sinks and ring (or the dense cache) in 4 bits
+with the default Kv4CacheConfig.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import time
 import torch
 
 from llmfab.quant.checkpoint import load_checkpoint
-from llmfab.quant.lambda_attention import enable_lambda_attention
+from llmfab.quant.kv_cache_4bit import Kv4CacheConfig
+from llmfab.quant.lambda_attention import enable_kv4, enable_lambda_attention
 from llmfab.quant.model import LlamaModel
 
 
@@ -57,6 +61,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--bucket", type=int, default=1024)
+    parser.add_argument("--kv4", action="store_true", help="4-bit cache (default Kv4CacheConfig)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -64,15 +69,18 @@ def main() -> None:
     model = LlamaModel.from_checkpoint(checkpoint)
     tokens = checkpoint.tokenizer.encode(pathlib.Path(args.text).read_text(encoding="utf-8"))
     ids = torch.tensor(tokens[: args.tokens])
+    kv4 = Kv4CacheConfig() if args.kv4 else None
     if args.mode == "lambda":
-        enable_lambda_attention(model, args.sinks, args.window, chunk=args.chunk)
+        enable_lambda_attention(model, args.sinks, args.window, kv4=kv4, chunk=args.chunk)
+    elif kv4 is not None:
+        enable_kv4(model, kv4)
     nll = stream_nll(model, ids, args.chunk, progress=lambda m: print(m, flush=True))
     buckets = [dict(first_position=b, ppl=ppl(nll[b : b + args.bucket]))
                for b in range(0, nll.numel(), args.bucket)]
     result = dict(args=vars(args), trained_context=model.config.max_position_embeddings,
                   buckets=buckets, first_2048=ppl(nll[:2048]), last_2048=ppl(nll[-2048:]))
     result["last_over_first"] = result["last_2048"] / result["first_2048"]
-    out = pathlib.Path(args.out or f"results/long_stream_{args.mode}.json")
+    out = pathlib.Path(args.out or f"results/long_stream_{args.mode}{'_kv4' if args.kv4 else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "buckets"}), flush=True)

@@ -167,3 +167,24 @@ def test_forward_without_lambda_cache_is_refused(model):
         model(ids_for(model, 5))
     disable_lambda_attention(model)
     model(ids_for(model, 5))
+
+
+def test_prefill_scores_stay_banded(tiny, monkeypatch):
+    """A 600-token prefill with S=3, W=16, chunk=32 never builds more than chunk x (S + W + chunk)
+    scores: memory is bounded by the band, not T x T."""
+    widths = []
+    softmax = torch.softmax
+
+    def spy(x, dim):
+        widths.append(tuple(x.shape[-2:]))
+        return softmax(x, dim=dim)
+
+    monkeypatch.setattr(torch, "softmax", spy)
+    enable_lambda_attention(tiny, sinks=3, window=16, chunk=32)
+    try:
+        with torch.no_grad():
+            tiny(ids_for(tiny, 600)[:1], tiny.new_cache())
+    finally:
+        disable_lambda_attention(tiny)
+    assert widths and max(w[0] for w in widths) == 32
+    assert max(w[1] for w in widths) <= 3 + 16 + 32
