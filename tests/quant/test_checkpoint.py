@@ -13,9 +13,11 @@ from llmfab.errors import InputError
 from llmfab.quant.checkpoint import BUNDLED_MODELS, cache_key, cache_root, list_models, load_checkpoint
 
 
-def test_second_load_comes_from_cache(tiny_hf_folder):
-    first = load_checkpoint(str(tiny_hf_folder))
-    second = load_checkpoint(str(tiny_hf_folder))
+def test_second_load_comes_from_cache(tmp_path, tiny_hf_folder):
+    folder = tmp_path / "model"  # a private copy: other tests may have cached the fixture already
+    shutil.copytree(tiny_hf_folder, folder)
+    first = load_checkpoint(str(folder))
+    second = load_checkpoint(str(folder))
     assert not first.from_cache and second.from_cache
     assert second.config == first.config
     assert all(torch.equal(first.weights[k], second.weights[k]) for k in first.weights)
