@@ -183,10 +183,12 @@ def shift_saturate(values, shift) -> np.ndarray:
     """``sat32(rshr(v, shift))``; a negative shift saturates instead of overflowing (§1)."""
     v = np.asarray(values, dtype=np.int64)
     s = np.asarray(shift, dtype=np.int64)
-    left = np.maximum(-s, 0)
-    limit = np.right_shift(np.int64(ACT32.max_int), np.minimum(left, 62))
-    clipped = np.where(s < 0, np.clip(v, -limit - 1, limit), v)
-    return saturate_to(round_shift(clipped, s), ACT32)
+    left = np.minimum(np.maximum(-s, 0), 62)
+    upper = np.right_shift(np.int64(ACT32.max_int), left)
+    lower = np.right_shift(np.int64(ACT32.min_int), left)
+    widening = s < 0
+    shifted = saturate_to(round_shift(np.where(widening, np.clip(v, lower, upper), v), s), ACT32)
+    return np.where(widening & (v > upper), ACT32.max_int, np.where(widening & (v < lower), ACT32.min_int, shifted))
 
 
 def embed(ids, table: IntegerWeight) -> np.ndarray:
