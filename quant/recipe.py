@@ -106,6 +106,11 @@ class Recipe:
                 f"--group-size {self.group_size} is not a multiple of 4, but 2:4 sparsity needs whole "
                 "groups of 4 columns in every quantization group; use e.g. 32 or 64"
             )
+        if self.zero_point is ZeroPoint.HALF_INTEGER and self.weight_bits == 8:
+            raise InputError(
+                "--zero-point half-integer needs 9-bit stored zero points at 8 weight bits, which the "
+                "packed format does not hold; use --zero-point integer with 8-bit weights"
+            )
         if (self.sinks is None) != (self.window is None):
             raise InputError(
                 "Λ-shaped attention needs both --sinks and --window (e.g. --sinks 4 --window 1024); "

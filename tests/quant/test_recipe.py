@@ -48,11 +48,12 @@ def test_unknown_preset_lists_the_known_ones():
 @pytest.mark.parametrize("option, value, match", [
     ("weight_bits", 5, "--weight-bits 5"), ("act_bits", 4, "--act-bits 4"), ("kv_bits", 2, "--kv-bits 2"),
     ("group_size", 0, "--group-size"), ("calib_samples", 0, "--calib-samples"),
+    ("zero_point", "half-integer", "9-bit stored zero points"),
     ("kv_key_granularity", "per-row", "per_token, per_channel"), ("sparsity", "1:4", "none, 2:4"),
 ])
 def test_bad_options_are_named(option, value, match):
     with pytest.raises(InputError, match=match):
-        Recipe.from_preset("w4a8kv4", **{option: value})
+        Recipe.from_preset("w8a8kv8" if option == "zero_point" else "w4a8kv4", **{option: value})
 
 
 def test_group_size_that_does_not_divide_a_layer_names_layer_and_divisors():
