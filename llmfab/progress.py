@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 
 
-def progress(iterable=None, desc: str = "", total: int | None = None, unit: str = "it"):
+def progress(iterable=None, desc: str = "", total: int | None = None, unit: str = "it", initial: int = 0):
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True,
+    return tqdm(iterable, desc=desc, total=total, unit=unit, initial=initial, leave=False, dynamic_ncols=True,
                 disable=os.environ.get("LLMFAB_PROGRESS", "1") == "0")

@@ -41,12 +41,8 @@ def default_calibration_text() -> Path:
     return Path(str(files("llmfab") / "data" / CALIBRATION_FILE))
 
 
-def calibration_windows(tokenizer, recipe: Recipe) -> torch.Tensor:
-    """Token windows ``[calib_samples, calib_seq_len]`` (int64) from the recipe's texts.
-
-    The texts are tokenized and concatenated; window starts are spread evenly over the tokens, so
-    windows do not overlap when there are enough tokens and overlap evenly when there are not.
-    """
+def calibration_tokens(tokenizer, recipe: Recipe) -> list[int]:
+    """The recipe's calibration texts (default: the bundled excerpt), tokenized and concatenated."""
     paths = [Path(p) for p in recipe.calib_texts] or [default_calibration_text()]
     tokens: list[int] = []
     for path in paths:
@@ -56,6 +52,17 @@ def calibration_windows(tokenizer, recipe: Recipe) -> torch.Tensor:
             tokens += tokenizer.encode(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as err:
             raise InputError(f"calibration text {path} is not UTF-8 ({err.reason} at byte {err.start})") from None
+    return tokens
+
+
+def calibration_windows(tokenizer, recipe: Recipe) -> torch.Tensor:
+    """Token windows ``[calib_samples, calib_seq_len]`` (int64) from the recipe's texts.
+
+    The texts are tokenized and concatenated; window starts are spread evenly over the tokens, so
+    windows do not overlap when there are enough tokens and overlap evenly when there are not.
+    """
+    tokens = calibration_tokens(tokenizer, recipe)
+    paths = [Path(p) for p in recipe.calib_texts] or [default_calibration_text()]
     if len(tokens) < recipe.calib_seq_len:
         raise InputError(
             f"calibration text ({', '.join(map(str, paths))}) has {len(tokens)} tokens, fewer than "
@@ -106,7 +113,7 @@ def compress_linear(weight: torch.Tensor, hessian: torch.Tensor, recipe: Recipe,
         result = gptq_quantize(weight, hessian, quant, obs, mask=mask, name=name)
     else:
         result = gptq_quantize(weight, hessian, quant, obs, name=name)
-    return QuantLinear(result.quantized, act_bits)
+    return QuantLinear(result.quantized, act_bits, unrounded=result.unrounded)
 
 
 def _projection(layer, name: str):

@@ -21,10 +21,12 @@ from llmfab.quant.weight_quant import GroupQuantConfig, QuantizedWeight, ZeroPoi
 @dataclass(frozen=True, eq=False)
 class GptqResult:
     """``quantized``: the codes, scales, zeros (and 2:4 index); ``weight``: float32 ``[out, in]``,
-    exactly ``dequantize_groupwise(quantized)``."""
+    exactly ``dequantize_groupwise(quantized)``; ``unrounded``: float32 ``[out, in]``, the
+    compensated weights just before rounding (see SweepResult)."""
 
     quantized: QuantizedWeight
     weight: torch.Tensor
+    unrounded: torch.Tensor | None = None
 
 
 def gptq_quantize(
@@ -84,4 +86,4 @@ def _to_result(result: SweepResult, quant: GroupQuantConfig, sparse: bool) -> Gp
         mask_codes=encode_2to4_mask(result.kept) if sparse else None,
         zero_halves=quant.zero_point is ZeroPoint.HALF_INTEGER,
     )
-    return GptqResult(quantized=quantized, weight=result.weight)
+    return GptqResult(quantized=quantized, weight=result.weight, unrounded=result.unrounded)

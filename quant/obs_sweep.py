@@ -56,6 +56,9 @@ class SweepResult:
     kept: bool ``[out, in]`` (True = kept); all True when nothing was pruned.
     codes: uint8 ``[out, in]`` quantization codes (0 at pruned positions) or None.
     scales, zeros: float32 ``[out, in/group_size]`` group parameters or None.
+    unrounded: float32 ``[out, in]``, each column's compensated value just before it was rounded
+        (0 at pruned positions): rounding it with the group parameters gives ``codes``, so it is
+        the natural starting point for quantization-aware training.
     """
 
     weight: torch.Tensor
@@ -63,6 +66,7 @@ class SweepResult:
     codes: torch.Tensor | None
     scales: torch.Tensor | None
     zeros: torch.Tensor | None
+    unrounded: torch.Tensor
 
 
 def obs_sweep(
@@ -116,6 +120,7 @@ def obs_sweep(
     w = weight.float()[:, perm].clone()
     kept = torch.ones(out, n, dtype=torch.bool) if mask is None else mask[:, perm].clone()
     codes = torch.zeros(out, n) if quant is not None else None
+    unrounded = torch.zeros(out, n)
     n_groups = n // quant.group_size if quant is not None else 0
     scales, zeros = torch.zeros(out, n_groups), torch.zeros(out, n_groups)
     group_ready = torch.zeros(n_groups, dtype=torch.bool)
@@ -161,6 +166,7 @@ def obs_sweep(
                 fixed = dequantize_codes(col_codes, scales[:, g], zeros[:, g]).squeeze(1)
                 codes[:, start + i] = torch.where(kept[:, start + i], col_codes.squeeze(1), 0.0)
             fixed = torch.where(kept[:, start + i], fixed, 0.0)
+            unrounded[:, start + i] = torch.where(kept[:, start + i], column, 0.0)
             err = (column - fixed) / u_block[i, i]
             block[:, i:] -= err.unsqueeze(1) * u_block[i, i:].unsqueeze(0)
             block[:, i] = fixed
@@ -174,6 +180,7 @@ def obs_sweep(
         codes=None if codes is None else codes[:, pos_of_col].to(torch.uint8),
         scales=scales if quant is not None else None,
         zeros=zeros if quant is not None else None,
+        unrounded=unrounded[:, pos_of_col],
     )
 
 

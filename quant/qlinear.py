@@ -50,9 +50,12 @@ class QuantLinear(nn.Module):
     """
 
     def __init__(self, quantized: QuantizedWeight, act_bits: int | None,
-                 weight: torch.Tensor | None = None):
-        """``weight``: the dequantized matrix if already at hand (e.g. a tied embedding's)."""
+                 weight: torch.Tensor | None = None, unrounded: torch.Tensor | None = None):
+        """``weight``: the dequantized matrix if already at hand (e.g. a tied embedding's);
+        ``unrounded``: GPTQ's weights just before rounding (float32 ``[out, in]``), kept in memory
+        (not saved) as the starting point of quantization-aware training."""
         super().__init__()
+        self.unrounded = unrounded
         self.bits = quantized.bits
         self.group_size = quantized.group_size
         self.zero_halves = quantized.zero_halves

@@ -89,6 +89,8 @@ class Recipe:
     calib_samples: int = 32
     calib_seq_len: int = 512
     qat_steps: int = 0
+    qat_lr: float = 1e-5
+    qat_loss: str = "kl"
 
     def __post_init__(self) -> None:
         """Reject bit widths, sizes and Λ settings that no stage supports."""
@@ -101,6 +103,10 @@ class Recipe:
                                         ("--qat-steps", self.qat_steps, 0)):
             if value < smallest:
                 raise InputError(f"{option} is {value}; it must be at least {smallest}")
+        if self.qat_lr <= 0:
+            raise InputError(f"--qat-lr must be positive, got {self.qat_lr}")
+        if self.qat_loss not in ("kl", "ce"):
+            raise InputError(f"--qat-loss {self.qat_loss!r} is not one of: kl (distillation), ce")
         if self.sparsity is Sparsity.TWO_FOUR and self.group_size % 4:
             raise InputError(
                 f"--group-size {self.group_size} is not a multiple of 4, but 2:4 sparsity needs whole "

@@ -41,6 +41,8 @@ def test_overrides_reach_the_manifest(tiny_hf_folder, tmp_path, capsys):
                  "--weight-bits", "3", "--group-size", "32", "--act-bits", "16", "--kv-bits", "8",
                  "--kv-granularity", "per-token,per-channel", "--sparsity", "2:4", "--pruning", "wanda",
                  "--sinks", "2", "--window", "16", "--calib-text", str(text), "--qat-steps", "5"]) == 0
+    assert "QAT: 5 steps" in capsys.readouterr().err
+    assert not (tmp_path / "custom.qat.pt").exists()  # the training checkpoint is gone once done
     recipe = json.loads((out / "manifest.json").read_text())["recipe"]
     assert recipe | {"calib_texts": None} == recipe | {
         "weight_bits": 3, "group_size": 32, "act_bits": 16, "kv_bits": 8, "kv_key_granularity": "per_token",

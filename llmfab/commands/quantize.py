@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from llmfab.commands.common import add_model_argument, load_float_model
 
@@ -44,7 +45,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calib-samples", type=int, help="calibration windows (preset default 32)")
     parser.add_argument("--calib-seq-len", type=int, help="tokens per calibration window (default 512)")
     parser.add_argument("--qat-steps", type=int,
-                        help="QAT steps recorded in the recipe (QAT itself is a separate stage)")
+                        help="quantization-aware training steps after calibration (default 0: none); "
+                        "distills from the float model, checkpoints to DIR.qat.pt and resumes from it")
+    parser.add_argument("--qat-lr", type=float, help="QAT learning rate of the latent weights (default 1e-5; "
+                        "scales and zero points train 10x faster)")
+    parser.add_argument("--qat-loss", choices=("kl", "ce"),
+                        help="QAT objective: kl = match the float model's next-token distribution "
+                        "(default), ce = next-token cross-entropy on the calibration text")
 
 
 def recipe_from_args(args):
@@ -61,6 +68,7 @@ def recipe_from_args(args):
         sparsity=args.sparsity, pruning=args.pruning, zero_point=args.zero_point,
         sinks=args.sinks, window=args.window, calib_texts=args.calib_text,
         calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, qat_steps=args.qat_steps,
+        qat_lr=args.qat_lr, qat_loss=args.qat_loss,
     )
 
 
@@ -76,6 +84,12 @@ def run(args) -> int:
     windows = calibration_windows(checkpoint.tokenizer, recipe)
     start = time.perf_counter()
     quantize_model(model, recipe, windows, progress=progress)
+    if recipe.qat_steps:
+        from llmfab.quant.qat import run_recipe_qat
+
+        losses = run_recipe_qat(model, checkpoint, recipe, Path(f"{args.output.rstrip('/')}.qat.pt"), progress)
+        print(f"QAT: {len(losses)} steps, distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+              if losses else "QAT: already complete in its checkpoint", file=sys.stderr)
     manifest = save_artifact(args.output, model, recipe, checkpoint.tokenizer, model_name=args.model)
     sizes = manifest["sizes"]
     print(f"{args.model} -> {args.output} ({recipe.name}, {time.perf_counter() - start:.1f} s): "

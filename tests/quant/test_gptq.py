@@ -6,7 +6,13 @@ from llmfab.quant.gptq import gptq_quantize, sparsegpt_gptq
 from llmfab.quant.obs_sweep import ObsConfig, obs_sweep
 from llmfab.quant.sparse_index import check_2to4_mask, decode_2to4_mask
 from llmfab.quant.sparsity import input_channel_norms, sparsegpt_prune, wanda_2to4_mask
-from llmfab.quant.weight_quant import GroupQuantConfig, ZeroPoint, dequantize_groupwise, quantize_groupwise
+from llmfab.quant.weight_quant import (
+    GroupQuantConfig,
+    ZeroPoint,
+    dequantize_groupwise,
+    quantize_groupwise,
+    quantize_to_codes,
+)
 from llmfab.tests.quant.correlated_data import correlated_layer
 
 BLOCKS = ObsConfig(blocksize=32)
@@ -95,3 +101,16 @@ def test_half_integer_zero_points_work_in_the_joint_sweep():
     assert torch.equal(joint.weight, dequantize_groupwise(joint.quantized))
     integer = sparsegpt_gptq(case.weight, case.hessian, GroupQuantConfig(bits=2, group_size=32), BLOCKS)
     assert case.output_error(joint.weight) < case.output_error(integer.weight)
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_unrounded_weights_round_to_the_codes(prune):
+    """The pre-rounding weights (QAT's starting point) give back the sweep's codes exactly."""
+    case = correlated_layer(seed=5)
+    quant = GroupQuantConfig(bits=2, group_size=16)
+    result = obs_sweep(case.weight, case.hessian, ObsConfig(), prune_2to4=prune, quant=quant)
+    out = case.weight.shape[0]
+    groups = result.unrounded.reshape(out, -1, quant.group_size)
+    codes = quantize_to_codes(groups, result.scales, result.zeros, quant.max_code).reshape(out, -1)
+    assert torch.equal(torch.where(result.kept, codes, 0.0).to(torch.uint8), result.codes)
+    assert torch.all(result.unrounded[~result.kept] == 0)
