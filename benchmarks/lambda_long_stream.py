@@ -1,7 +1,7 @@
 """Perplexity by position over one long stream (beyond the trained context), Λ vs dense attention.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/lambda_long_stream.py --mode lambda|dense
-           [--model smollm2-135m] [--text /work/shared/corpora/persuasion.txt] [--tokens 16384]
+           [--model smollm2-135m] [--text FILE (default: bundled persuasion.txt)] [--tokens 16384]
            [--sinks 4] [--window 1024] [--chunk 512] [--bucket 1024] [--kv4]
            [--out results/long_stream_MODE.json]
 
@@ -28,6 +28,7 @@ from llmfab.quant.checkpoint import load_checkpoint
 from llmfab.quant.kv_cache_4bit import Kv4CacheConfig
 from llmfab.quant.lambda_attention import enable_kv4, enable_lambda_attention
 from llmfab.quant.model import LlamaModel
+from llmfab.quant.perplexity import read_text
 
 
 def stream_nll(model, ids: torch.Tensor, chunk: int, progress=print) -> torch.Tensor:
@@ -55,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=("lambda", "dense"), required=True)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--text", default="/work/shared/corpora/persuasion.txt")
+    parser.add_argument("--text", default=None, help="UTF-8 text (default: the bundled persuasion.txt)")
     parser.add_argument("--tokens", type=int, default=16384)
     parser.add_argument("--sinks", type=int, default=4)
     parser.add_argument("--window", type=int, default=1024)
@@ -67,7 +68,7 @@ def main() -> None:
 
     checkpoint = load_checkpoint(args.model)
     model = LlamaModel.from_checkpoint(checkpoint)
-    tokens = checkpoint.tokenizer.encode(pathlib.Path(args.text).read_text(encoding="utf-8"))
+    tokens = checkpoint.tokenizer.encode(read_text(args.text)[1])
     ids = torch.tensor(tokens[: args.tokens])
     kv4 = Kv4CacheConfig() if args.kv4 else None
     if args.mode == "lambda":

@@ -207,6 +207,7 @@ def _load_checkpoint(path: Path, model, optimizer, generator) -> int:
         ) from None
 
 
+@torch.enable_grad()
 def train_qat(student: LlamaModel, teacher: LlamaModel | None, windows: torch.Tensor,
               config: QatConfig, checkpoint: Path | None = None, progress=None) -> list[float]:
     """Train ``student`` (post-training quantized, changed in place) for ``config.steps`` steps.
