@@ -1,5 +1,7 @@
 """Post-training compression of a float model, one decoder layer at a time (GPTQ-paper style).
 
+If the recipe sets ``smooth_alpha``, SmoothQuant factors from the float model's activations over
+the calibration windows are first folded into the norms and weights (quant/smoothing.py).
 Calibration windows are embedded once; then for every decoder layer, in order:
 
 1. the layer's projections are compressed in four steps (q/k/v, then o, then gate/up, then
@@ -26,6 +28,7 @@ from llmfab.quant.model import LlamaModel, replace_linear
 from llmfab.quant.obs_sweep import ObsConfig
 from llmfab.quant.qlinear import QuantLinear, quantize_embeddings
 from llmfab.quant.recipe import FLOAT_BITS, PruningMethod, Recipe
+from llmfab.quant.smoothing import smooth_model
 from llmfab.quant.sparsity import wanda_2to4_mask
 from llmfab.quant.weight_quant import GroupQuantConfig
 
@@ -83,6 +86,8 @@ def quantize_model(model: LlamaModel, recipe: Recipe, windows: torch.Tensor, pro
     """
     recipe.check_model(model.config)
     act_bits = None if recipe.act_bits == FLOAT_BITS else recipe.act_bits
+    if recipe.smooth_alpha is not None:
+        smooth_model(model, windows, recipe.smooth_alpha)
     hidden = model.model.embed_tokens(windows).float()
     positions = torch.arange(windows.shape[1]).unsqueeze(0)
     cos, sin = model.model.rotary(positions)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from llmfab.errors import InputError
 from llmfab.quant.config import ModelConfig
 from llmfab.quant.kv4 import KvGranularity
+from llmfab.quant.smoothing import check_alpha
 from llmfab.quant.weight_quant import SUPPORTED_WEIGHT_BITS, ZeroPoint
 
 FLOAT_BITS = 16
@@ -70,7 +71,9 @@ class Recipe:
 
     KV scales are per-channel for keys and per-token for values by default (the better pair on
     SmolLM2, see quant/kv_cache_4bit.py). ``calib_texts`` are UTF-8 files; empty means the calibration excerpt shipped with llmfab.
-    Calibration uses ``calib_samples`` windows of ``calib_seq_len`` tokens.
+    Calibration uses ``calib_samples`` windows of ``calib_seq_len`` tokens. ``smooth_alpha``
+    (0 < α < 1) folds SmoothQuant smoothing into the float weights before GPTQ (quant/smoothing.py);
+    None leaves the weights as they are.
     """
 
     name: str
@@ -91,6 +94,7 @@ class Recipe:
     qat_steps: int = 0
     qat_lr: float = 1e-5
     qat_loss: str = "kl"
+    smooth_alpha: float | None = None
 
     def __post_init__(self) -> None:
         """Reject bit widths, sizes and Λ settings that no stage supports."""
@@ -107,6 +111,8 @@ class Recipe:
             raise InputError(f"--qat-lr must be positive, got {self.qat_lr}")
         if self.qat_loss not in ("kl", "ce"):
             raise InputError(f"--qat-loss {self.qat_loss!r} is not one of: kl (distillation), ce")
+        if self.smooth_alpha is not None:
+            check_alpha(self.smooth_alpha)
         if self.sparsity is Sparsity.TWO_FOUR and self.group_size % 4:
             raise InputError(
                 f"--group-size {self.group_size} is not a multiple of 4, but 2:4 sparsity needs whole "

@@ -52,6 +52,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qat-loss", choices=("kl", "ce"),
                         help="QAT objective: kl = match the float model's next-token distribution "
                         "(default), ce = next-token cross-entropy on the calibration text")
+    parser.add_argument("--smooth-alpha", type=float, metavar="ALPHA",
+                        help="SmoothQuant migration strength, 0 < ALPHA < 1: before GPTQ, divide each "
+                        "linear input channel by max|x|^ALPHA / max|w|^(1-ALPHA) (calibration maxima) "
+                        "and fold the factor into the norms and weights, which eases per-token A8 at no "
+                        "run-time cost; higher ALPHA moves more of the outliers into the weights")
 
 
 def recipe_from_args(args):
@@ -68,7 +73,7 @@ def recipe_from_args(args):
         sparsity=args.sparsity, pruning=args.pruning, zero_point=args.zero_point,
         sinks=args.sinks, window=args.window, calib_texts=args.calib_text,
         calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, qat_steps=args.qat_steps,
-        qat_lr=args.qat_lr, qat_loss=args.qat_loss,
+        qat_lr=args.qat_lr, qat_loss=args.qat_loss, smooth_alpha=args.smooth_alpha,
     )
 
 
