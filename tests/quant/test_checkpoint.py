@@ -91,3 +91,12 @@ def test_hf_missing_shard_and_corrupt_shard(tmp_path, tiny_hf_folder):
 def test_folder_without_config(tmp_path):
     with pytest.raises(InputError, match="no config.json"):
         load_checkpoint(str(tmp_path), use_cache=False)
+
+
+def test_single_file_hf_folder(tmp_path):
+    from llmfab.tests.fixtures.tiny_models import TINY_CONFIGS, write_tiny_hf_folder
+
+    folder = write_tiny_hf_folder(tmp_path / "single", TINY_CONFIGS["mha-tied"], max_shard_size="100MB")
+    assert [f.name for f in folder.glob("*.safetensors")] == ["model.safetensors"]
+    checkpoint = load_checkpoint(str(folder), use_cache=False)
+    assert checkpoint.config.tie_word_embeddings and "lm_head.weight" not in checkpoint.weights
