@@ -20,6 +20,7 @@ class FormatKind(enum.Enum):
     INT = "int"  # integer activations with a scale, e.g. int8(scale=token)
     WEIGHT = "weight"  # group-wise quantized weights, e.g. weight2(group=64, sparse=2:4)
     KV = "kv"  # quantized KV-cache entries, e.g. kv4(scale=token)
+    INDEX = "index"  # a 0/1 selector stored as indices: index3(sparse=2:4), index16(select=onehot)
 
 
 # Parameter name -> allowed values (None: any positive integer; "N:M": a sparsity pattern).
@@ -28,12 +29,14 @@ _ALLOWED_PARAMS: dict[FormatKind, dict[str, tuple[str, ...] | str | None]] = {
     FormatKind.INT: {"scale": ("token", "tensor", "channel")},
     FormatKind.WEIGHT: {"group": None, "sparse": "N:M", "zero": ("none", "asym")},
     FormatKind.KV: {"scale": ("token", "channel"), "group": None},
+    FormatKind.INDEX: {"sparse": "N:M", "select": ("onehot",)},
 }
 _ALLOWED_BITS: dict[FormatKind, tuple[int, ...]] = {
     FormatKind.FLOAT: (16, 32, 64),
-    FormatKind.INT: (4, 8, 16),
+    FormatKind.INT: (2, 3, 4, 8, 16, 32),
     FormatKind.WEIGHT: (1, 2, 3, 4, 8),
     FormatKind.KV: (2, 4, 8),
+    FormatKind.INDEX: (3, 8, 16, 32),
 }
 
 
@@ -111,6 +114,7 @@ def _check_param_value(kind: FormatKind, name: str, value: str, allowed) -> None
         raise IRError(f"{where} must be one of {', '.join(allowed)}")
 
 
+FLOAT16 = Format(FormatKind.FLOAT, 16)
 FLOAT32 = Format(FormatKind.FLOAT, 32)
 FLOAT64 = Format(FormatKind.FLOAT, 64)
 
@@ -119,8 +123,8 @@ def int8_per_token() -> Format:
     return Format.make(FormatKind.INT, 8, scale="token")
 
 
-def weight_groupwise(bits: int, group: int, sparse: tuple[int, int] | None = None) -> Format:
-    return Format.make(FormatKind.WEIGHT, bits, group=group, sparse=sparse)
+def weight_groupwise(bits: int, group: int, sparse: tuple[int, int] | None = None, zero: str | None = None) -> Format:
+    return Format.make(FormatKind.WEIGHT, bits, group=group, sparse=sparse, zero=zero)
 
 
 def kv_cache(bits: int = 4, scale: str = "token") -> Format:

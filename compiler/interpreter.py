@@ -245,6 +245,7 @@ _UNARY = {
     ComputeOp.SQRT: np.sqrt,
     ComputeOp.RSQRT: lambda x: 1.0 / np.sqrt(x),
     ComputeOp.SIGMOID: _sigmoid,
+    ComputeOp.ROUND: np.rint,
 }
 _BINARY = {
     ComputeOp.ADD: np.add,

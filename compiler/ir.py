@@ -40,6 +40,7 @@ class ComputeOp(enum.Enum):
     SQRT = "sqrt"
     RSQRT = "rsqrt"
     SIGMOID = "sigmoid"
+    ROUND = "round"  # to the nearest integer, ties to even (as torch.round / numpy.rint)
 
     @property
     def arity(self) -> int:
@@ -58,7 +59,7 @@ class ComputeOp(enum.Enum):
         return _IDENTITY.get(self, 0.0)
 
 
-_UNARY = frozenset({ComputeOp.EXP, ComputeOp.NEG, ComputeOp.SQRT, ComputeOp.RSQRT, ComputeOp.SIGMOID})
+_UNARY = frozenset({ComputeOp.EXP, ComputeOp.NEG, ComputeOp.SQRT, ComputeOp.RSQRT, ComputeOp.SIGMOID, ComputeOp.ROUND})
 _IDENTITY = {
     ComputeOp.MUL: 1.0,
     ComputeOp.DIV: 1.0,
@@ -165,8 +166,8 @@ class FilterShape(enum.Enum):
     """Shapes of rank filter the hardware knows; GENERAL is any other condition."""
 
     PREFIX = "prefix"  # k <= i (causal)
-    WINDOW = "window"  # i - W < k <= i (sliding window)
-    LAMBDA = "lambda"  # k < S or i - W < k <= i (attention sinks + window)
+    WINDOW = "window"  # i - W < k <= i (sliding window); also i + c - W < k <= i + c
+    LAMBDA = "lambda"  # k < S or i - W < k <= i (attention sinks + window); also with i + c
     GENERAL = "general"
 
 
@@ -211,17 +212,21 @@ def filter_shape(condition: Condition) -> FilterShape:
 
 
 def _is_window(clause: tuple[Comparison, ...]) -> bool:
+    """`i + c - W < k <= i + c` with W >= 1; c = 0 usually, c > 0 for a query at a fixed slot
+    behind the keys (a decode step: the query sits at the last cache slot)."""
     if len(clause) != 2:
         return False
     low, high = clause
-    k, i = high.left.plain_var, high.right.plain_var
+    k = high.left.plain_var
+    query = high.right
+    single = len(query.terms) == 1 and query.terms[0][1] == 1 and query.terms[0][0][0].islower()
     return (
-        bool(k and i)
+        bool(k and single)
         and low.op is CmpOp.LT
         and high.op is CmpOp.LE
         and low.right == high.left
-        and low.left.terms == ((i, 1),)
-        and low.left.constant < 0
+        and low.left.terms == query.terms
+        and low.left.constant < query.constant
     )
 
 

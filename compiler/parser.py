@@ -31,7 +31,8 @@ from llmfab.compiler.lexer import Token, TokenKind, tokenize
 
 _MERGES = {m.value: m for m in Merge}
 _CMP = {c.value: c for c in CmpOp}
-_UNARY_FUNCS = {"exp": ComputeOp.EXP, "sqrt": ComputeOp.SQRT, "rsqrt": ComputeOp.RSQRT, "sigmoid": ComputeOp.SIGMOID}
+_UNARY_FUNCS = {"exp": ComputeOp.EXP, "sqrt": ComputeOp.SQRT, "rsqrt": ComputeOp.RSQRT, "sigmoid": ComputeOp.SIGMOID,
+                "round": ComputeOp.ROUND}
 _BINARY_FUNCS = {"max": ComputeOp.MAX, "min": ComputeOp.MIN}
 _INFIX_ADD = {"+": ComputeOp.ADD, "-": ComputeOp.SUB}
 _INFIX_MUL = {"*": ComputeOp.MUL, "/": ComputeOp.DIV}
@@ -297,7 +298,7 @@ class _Parser:
         if token.text in _BINARY_FUNCS or token.text == "take":
             return self.binary_call(token)
         raise self.error(
-            f"unknown function or tensor '{token.text}'; functions are exp, sqrt, rsqrt, sigmoid, "
+            f"unknown function or tensor '{token.text}'; functions are exp, sqrt, rsqrt, sigmoid, round, "
             "max, min, take, and a tensor read needs [indices]",
             token,
         )

@@ -28,7 +28,8 @@ from llmfab.compiler.ir import (
 INFIX = {ComputeOp.ADD: "+", ComputeOp.SUB: "-", ComputeOp.MUL: "*", ComputeOp.DIV: "/"}
 PRECEDENCE = {ComputeOp.ADD: 1, ComputeOp.SUB: 1, ComputeOp.MUL: 2, ComputeOp.DIV: 2}
 FUNCTIONS = {ComputeOp.MAX: "max", ComputeOp.MIN: "min", ComputeOp.EXP: "exp",
-             ComputeOp.SQRT: "sqrt", ComputeOp.RSQRT: "rsqrt", ComputeOp.SIGMOID: "sigmoid"}
+             ComputeOp.SQRT: "sqrt", ComputeOp.RSQRT: "rsqrt", ComputeOp.SIGMOID: "sigmoid",
+             ComputeOp.ROUND: "round"}
 
 
 def print_cascade(cascade: Cascade) -> str:
