@@ -52,29 +52,46 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qat-loss", choices=("kl", "ce"),
                         help="QAT objective: kl = match the float model's next-token distribution "
                         "(default), ce = next-token cross-entropy on the calibration text")
-    parser.add_argument("--smooth-alpha", type=float, metavar="ALPHA",
+    parser.add_argument("--smooth-alpha", type=_alpha_or_off, metavar="ALPHA|off",
                         help="SmoothQuant migration strength, 0 < ALPHA < 1: before GPTQ, divide each "
                         "linear input channel by max|x|^ALPHA / max|w|^(1-ALPHA) (calibration maxima) "
                         "and fold the factor into the norms and weights, which eases per-token A8 at no "
-                        "run-time cost; higher ALPHA moves more of the outliers into the weights")
+                        "run-time cost; higher ALPHA moves more of the outliers into the weights. "
+                        "w8a8kv8 and w4a8kv4 default to 0.7, the 2-bit presets to off")
+
+
+def _alpha_or_off(text: str):
+    """``--smooth-alpha`` value: a float, or the string "off" (no smoothing)."""
+    import argparse
+
+    if text.strip().lower() == "off":
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'off'") from None
 
 
 def recipe_from_args(args):
     """The Recipe named by --preset with the command-line overrides applied."""
+    import dataclasses
+
     from llmfab.quant.recipe import Recipe
 
     keys = values = None
     if args.kv_granularity:
         keys, _, values = args.kv_granularity.partition(",")
         values = values or keys
-    return Recipe.from_preset(
+    smoothing_off = args.smooth_alpha == "off"
+    recipe = Recipe.from_preset(
         args.preset, weight_bits=args.weight_bits, group_size=args.group_size,
         act_bits=args.act_bits, kv_bits=args.kv_bits, kv_key_granularity=keys, kv_value_granularity=values,
         sparsity=args.sparsity, pruning=args.pruning, zero_point=args.zero_point,
         sinks=args.sinks, window=args.window, calib_texts=args.calib_text,
         calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, qat_steps=args.qat_steps,
-        qat_lr=args.qat_lr, qat_loss=args.qat_loss, smooth_alpha=args.smooth_alpha,
+        qat_lr=args.qat_lr, qat_loss=args.qat_loss, smooth_alpha=None if smoothing_off else args.smooth_alpha,
     )
+    return dataclasses.replace(recipe, smooth_alpha=None) if smoothing_off else recipe
 
 
 def run(args) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -94,6 +95,11 @@ def test_recipe_rejects_alpha_outside_the_open_unit_interval(alpha):
         Recipe.from_preset("w8a8kv8", smooth_alpha=alpha)
 
 
+def test_measured_presets_smooth_and_the_2_bit_ones_do_not():
+    assert Recipe.from_preset("w8a8kv8").smooth_alpha == Recipe.from_preset("w4a8kv4").smooth_alpha == 0.7
+    assert Recipe.from_preset("w2a8kv4").smooth_alpha is None and Recipe.from_preset("accllm").smooth_alpha is None
+
+
 def test_recipe_round_trips_alpha_and_old_manifests_mean_off():
     recipe = Recipe.from_preset("w4a8kv4", smooth_alpha=0.5)
     assert Recipe.from_dict(recipe.to_dict()) == recipe
@@ -103,7 +109,8 @@ def test_recipe_round_trips_alpha_and_old_manifests_mean_off():
 
 def test_smoothed_quantization_keeps_a8_error_no_larger(tiny_hf_folder):
     """On the tiny model (random weights, few outliers) smoothing must at least not hurt W8A8 much."""
-    _, reference, plain, windows = quantized_tiny(tiny_hf_folder, tiny_recipe("w8a8kv8"))
+    unsmoothed = dataclasses.replace(tiny_recipe("w8a8kv8"), smooth_alpha=None)
+    _, reference, plain, windows = quantized_tiny(tiny_hf_folder, unsmoothed)
     *_, smoothed, _ = quantized_tiny(tiny_hf_folder, tiny_recipe("w8a8kv8", smooth_alpha=0.5))
     with torch.no_grad():
         target = reference(windows)
@@ -122,6 +129,9 @@ def test_cli_option_reaches_the_manifest(tiny_hf_folder, tmp_path, capsys):
     stored_gain = load_artifact(out).model.model.layers[0].input_layernorm.weight
     float_gain = load_checkpoint(str(tiny_hf_folder), use_cache=False).weights["model.layers.0.input_layernorm.weight"]
     assert not torch.allclose(stored_gain, float_gain.float())  # the folded gains are what is saved
+    assert main(["quantize", str(tiny_hf_folder), "--preset", "w4a8kv4", "-o", str(tmp_path / "off"), *fast,
+                 "--smooth-alpha", "off"]) == 0
+    assert json.loads((tmp_path / "off" / "manifest.json").read_text())["recipe"]["smooth_alpha"] is None
     assert main(["quantize", str(tiny_hf_folder), "--preset", "w8a8kv8", "-o", str(tmp_path / "bad"),
                  "--smooth-alpha", "1"]) == 2
     assert "--smooth-alpha must be between 0 and 1" in capsys.readouterr().err
