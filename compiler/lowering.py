@@ -34,6 +34,7 @@ from llmfab.compiler.lowering_linear import (
 )
 from llmfab.compiler.lowering_text import CascadeText
 from llmfab.quant.kv4 import KvGranularity
+from llmfab.quant.model import projection
 
 KV4_BLOCK_TOKENS = 32  # per-channel key blocks of the KV4 caches (quant/kv_cache_4bit.py)
 
@@ -159,8 +160,7 @@ def _linear_layouts(model, layer: int) -> dict[str, LinearLayout]:
                "gate_proj": (inter,), "up_proj": (inter,), "down_proj": (hidden,)}
     layouts = {}
     for name, (weight, output) in PROJECTIONS.items():
-        parent = block.self_attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else block.mlp
-        module = getattr(parent, name)
+        module = projection(block, name)
         fmt = WeightFormat.of(module)
         grouped = group_input(sources.get(name, (hidden,)), fmt.group_size)
         layouts[name] = LinearLayout(weight, output, grouped, outputs[name], fmt)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from llmfab.compiler.lowering import LoweredEnds, LoweredLayer, PositionTables
+from llmfab.quant.model import projection
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -21,8 +22,7 @@ def layer_weights(model, lowered: LoweredLayer) -> dict[str, np.ndarray]:
     block = model.model.layers[lowered.layer]
     arrays = {"G1": _np(block.input_layernorm.weight), "G2": _np(block.post_attention_layernorm.weight)}
     for name, layout in lowered.linears:
-        parent = block.self_attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else block.mlp
-        arrays.update(layout.arrays(getattr(parent, name)))
+        arrays.update(layout.arrays(projection(block, name)))
     return arrays
 
 

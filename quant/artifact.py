@@ -28,6 +28,7 @@ from llmfab.quant.recipe import FLOAT_BITS, Recipe, kv_bytes_per_token
 from llmfab.quant.rope import RotaryEmbedding
 from llmfab.quant.tokenizer import Tokenizer
 from llmfab.quant.weight_quant import QuantizedWeight
+from llmfab.quant.weights import ATTENTION_PROJECTIONS
 
 FORMAT = "llmfab-compressed-model"
 FORMAT_VERSION = 1
@@ -265,4 +266,4 @@ def _sizes(config: ModelConfig, recipe: Recipe, tensors: dict, layouts: dict) ->
 
 def _parent(name: str) -> str:
     """``self_attn`` or ``mlp``: the submodule holding projection ``name``."""
-    return "self_attn" if name in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+    return "self_attn" if name in ATTENTION_PROJECTIONS else "mlp"

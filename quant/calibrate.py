@@ -24,7 +24,7 @@ import torch
 from llmfab.errors import InputError
 from llmfab.quant.gptq import gptq_quantize, sparsegpt_gptq
 from llmfab.quant.hessian import HessianAccumulator
-from llmfab.quant.model import LlamaModel, replace_linear
+from llmfab.quant.model import LlamaModel, projection, replace_linear
 from llmfab.quant.obs_sweep import ObsConfig
 from llmfab.quant.qlinear import QuantLinear, quantize_embeddings
 from llmfab.quant.recipe import FLOAT_BITS, PruningMethod, Recipe
@@ -94,7 +94,7 @@ def quantize_model(model: LlamaModel, recipe: Recipe, windows: torch.Tensor, pro
     layers = list(enumerate(model.model.layers))
     for index, layer in progress(layers, desc="quantize", unit="layer") if progress else layers:
         for step in SEQUENTIAL_STEPS:
-            modules = {name: _projection(layer, name) for name in step}
+            modules = {name: projection(layer, name) for name in step}
             hessians = _collect_hessians(layer, modules, hidden, cos, sin)
             for name, module in modules.items():
                 full_name = f"model.layers.{index}.{name}"
@@ -119,12 +119,6 @@ def compress_linear(weight: torch.Tensor, hessian: torch.Tensor, recipe: Recipe,
     else:
         result = gptq_quantize(weight, hessian, quant, obs, name=name)
     return QuantLinear(result.quantized, act_bits, unrounded=result.unrounded)
-
-
-def _projection(layer, name: str):
-    """Projection ``name`` of one decoder layer."""
-    parent = layer.self_attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else layer.mlp
-    return getattr(parent, name)
 
 
 def _collect_hessians(layer, modules: dict, hidden: torch.Tensor, cos, sin) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from torch import nn
 from llmfab.quant.config import ModelConfig
 from llmfab.quant.kv_cache import ModelCache
 from llmfab.quant.rope import RotaryEmbedding, apply_rope
-from llmfab.quant.weights import LINEAR_NAMES
+from llmfab.quant.weights import ATTENTION_PROJECTIONS, LINEAR_NAMES
 
 
 class RMSNorm(nn.Module):
@@ -166,18 +166,25 @@ class LlamaModel(nn.Module):
         return self.lm_head(self.hidden_states(input_ids, cache))
 
 
-def replace_linear(model: LlamaModel, layer: int, name: str, module: nn.Module) -> None:
-    """Swap projection `name` (q_proj ... down_proj) of decoder layer `layer` for `module`."""
+def projection_parent(block: DecoderLayer, name: str) -> nn.Module:
+    """The submodule (self_attn or mlp) of decoder layer `block` that holds projection `name`."""
     if name not in LINEAR_NAMES:
         raise ValueError(f"unknown projection {name!r}; one of {', '.join(LINEAR_NAMES)}")
-    block = model.model.layers[layer]
-    parent = block.self_attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else block.mlp
-    setattr(parent, name, module)
+    return block.self_attn if name in ATTENTION_PROJECTIONS else block.mlp
+
+
+def projection(block: DecoderLayer, name: str) -> nn.Module:
+    """Projection `name` (q_proj ... down_proj) of decoder layer `block`."""
+    return getattr(projection_parent(block, name), name)
+
+
+def replace_linear(model: LlamaModel, layer: int, name: str, module: nn.Module) -> None:
+    """Swap projection `name` (q_proj ... down_proj) of decoder layer `layer` for `module`."""
+    setattr(projection_parent(model.model.layers[layer], name), name, module)
 
 
 def iter_linears(model: LlamaModel):
     """(layer index, projection name, module) for every decoder projection."""
     for i, block in enumerate(model.model.layers):
         for name in LINEAR_NAMES:
-            parent = block.self_attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else block.mlp
-            yield i, name, getattr(parent, name)
+            yield i, name, projection(block, name)

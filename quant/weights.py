@@ -8,11 +8,12 @@ from typing import Any
 from llmfab.errors import InputError
 from llmfab.quant.config import ModelConfig
 
-LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LINEAR_NAMES = ATTENTION_PROJECTIONS + ("gate_proj", "up_proj", "down_proj")
 
 
 def linear_weight_name(layer: int, linear: str) -> str:
-    group = "self_attn" if linear in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+    group = "self_attn" if linear in ATTENTION_PROJECTIONS else "mlp"
     return f"model.layers.{layer}.{group}.{linear}.weight"
 
 
