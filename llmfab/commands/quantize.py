@@ -46,7 +46,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calib-seq-len", type=int, help="tokens per calibration window (default 512)")
     parser.add_argument("--qat-steps", type=int,
                         help="quantization-aware training steps after calibration (default 0: none); "
-                        "distills from the float model, checkpoints to DIR.qat.pt and resumes from it")
+                        "distills from the float model, checkpoints to DIR.qat.pt and resumes from it. "
+                        "Experimental: on SmolLM2 it has not yet lowered perplexity (see "
+                        "docs/compression_measurements.md)")
     parser.add_argument("--qat-lr", type=float, help="QAT learning rate of the latent weights (default 1e-5; "
                         "scales and zero points train 10x faster)")
     parser.add_argument("--qat-loss", choices=("kl", "ce"),
