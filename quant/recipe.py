@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from llmfab.errors import InputError
 from llmfab.quant.config import ModelConfig
-from llmfab.quant.kv4 import KvGranularity
+from llmfab.quant import kv_cache_4bit
+from llmfab.quant.kv4 import Kv4Config, KvGranularity
 from llmfab.quant.smoothing import check_alpha
 from llmfab.quant.weight_quant import SUPPORTED_WEIGHT_BITS, ZeroPoint
 
@@ -229,19 +230,25 @@ PRESETS: dict[str, Recipe] = {
                      sinks=DEFAULT_SINKS, window=DEFAULT_WINDOW),
 }
 
+def kv4_cache_config(recipe: Recipe):
+    """The packed 4-bit cache layout a KV4 recipe asks for (keys and values scaled separately)."""
+    return kv_cache_4bit.Kv4CacheConfig(Kv4Config(recipe.kv_key_granularity), Kv4Config(recipe.kv_value_granularity))
+
+
 def kv_bytes_per_token(config: ModelConfig, recipe: Recipe, block_tokens: int = 32) -> float:
     """KV-cache bytes one token of one sequence occupies, over all layers, keys and values.
 
-    Quantized caches store ``head_dim * kv_bits / 8`` bytes of codes per head plus a float16 scale
-    and offset per (token, head), or per (block of ``block_tokens`` tokens, head, channel) for
-    per-channel scales; a float cache stores float16 values.
+    Float and 4-bit caches are sized by the cache classes that store them (quant/kv_cache_4bit.py);
+    8-bit, which has no packed cache yet, by the same layout: ``head_dim`` code bytes per head plus
+    a float16 scale and offset per (token, head), or per (block of ``block_tokens`` tokens, head,
+    channel) for per-channel scales.
     """
+    if recipe.kv_bits == FLOAT_BITS:
+        return kv_cache_4bit.kv_bytes_per_token(config)
+    if recipe.kv_bits == 4:
+        return kv_cache_4bit.kv_bytes_per_token(config, kv4_cache_config(recipe))
     per_head = 0.0
     for granularity in (recipe.kv_key_granularity, recipe.kv_value_granularity):
-        if recipe.kv_bits == FLOAT_BITS:
-            per_head += 2 * config.head_dim
-        elif granularity is KvGranularity.PER_TOKEN:
-            per_head += config.head_dim * recipe.kv_bits / 8 + 4
-        else:
-            per_head += config.head_dim * recipe.kv_bits / 8 + 4 * config.head_dim / block_tokens
+        scales = 4 if granularity is KvGranularity.PER_TOKEN else 4 * config.head_dim / block_tokens
+        per_head += config.head_dim * recipe.kv_bits / 8 + scales
     return config.num_layers * config.num_kv_heads * per_head

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from llmfab.quant.kv_cache_4bit import Kv4CacheConfig
-from llmfab.quant.kv4 import Kv4Config
 from llmfab.quant.lambda_attention import disable_lambda_attention, enable_kv4, enable_lambda_attention
-from llmfab.quant.recipe import Recipe
+from llmfab.quant.recipe import Recipe, kv4_cache_config
 
 
 def apply_kv_and_attention(model, recipe: Recipe) -> str:
@@ -24,7 +22,7 @@ def apply_kv_and_attention(model, recipe: Recipe) -> str:
     """
     kv4 = None
     if recipe.kv_bits == 4:
-        kv4 = Kv4CacheConfig(Kv4Config(recipe.kv_key_granularity), Kv4Config(recipe.kv_value_granularity))
+        kv4 = kv4_cache_config(recipe)
     cache = "KV4" if kv4 else f"float KV cache (KV{recipe.kv_bits} not implemented)" if recipe.kv_bits == 8 \
         else "float KV cache"
     disable_lambda_attention(model)  # start from dense attention and float caches
