@@ -11,19 +11,10 @@ import torch
 
 from llmfab.errors import InputError
 from llmfab.quant.gguf_reader import read_gguf
-from llmfab.tests.fixtures.tiny_models import GGUF_TYPES, write_tiny_gguf
+from llmfab.tests.fixtures.tiny_models import GGUF_TYPES, gguf_kind, write_tiny_gguf
 
 # Worst-case dequantization error of each GGML type for weights of magnitude <= ~0.1
 TOLERANCE = {"F32": 0.0, "F16": 1e-4, "Q8_0": 2e-3, "Q4_1": 2e-2}
-
-
-def kind_of(name: str) -> str:
-    for hf, kind in [("embed_tokens", "token_embd"), ("q_proj", "attn_q"), ("k_proj", "attn_k"),
-                     ("v_proj", "attn_v"), ("o_proj", "attn_output"), ("gate_proj", "ffn_gate"),
-                     ("up_proj", "ffn_up"), ("down_proj", "ffn_down")]:
-        if hf in name:
-            return kind
-    return "norm"
 
 
 def test_config_from_metadata(tiny_gguf):
@@ -40,7 +31,7 @@ def test_weights_dequantized_and_unpermuted(tiny_gguf):
     _, weights, _ = read_gguf(path)
     assert set(weights) == set(original)
     for name, expected in original.items():
-        kind = kind_of(name)
+        kind = gguf_kind(name)
         tol = TOLERANCE[GGUF_TYPES.get(kind, "F32")]
         err = (weights[name] - expected).abs().max().item()
         assert err <= tol, f"{name} ({kind}) off by {err}"
