@@ -1,0 +1,115 @@
+"""Instruction words: field layouts, encode/decode round trips, and the errors of bad words."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from llmfab.compiler.isa import (
+    COMPUTE,
+    MEMORY,
+    WORD_BYTES,
+    Flag,
+    GemmMode,
+    Instruction,
+    IsaError,
+    Opcode,
+    Registers,
+    RowSource,
+    StartSource,
+    decode,
+    decode_program,
+    encode_program,
+    layout,
+    row_range,
+)
+
+
+@pytest.mark.parametrize("fields", [MEMORY, COMPUTE], ids=["memory", "compute"])
+def test_layouts_tile_the_word_without_overlap(fields):
+    taken = set()
+    for f in fields:
+        bits = set(range(f.lsb, f.lsb + f.width))
+        assert not bits & taken, f.name
+        taken |= bits
+    assert max(taken) < 8 * WORD_BYTES
+
+
+def random_instruction(rng: random.Random, opcode: Opcode) -> Instruction:
+    values = {}
+    for f in layout(opcode):
+        if f.name in ("opcode",):
+            continue
+        values[f.name] = rng.randrange(1 << f.width)
+    if opcode in (Opcode.LOAD, Opcode.LOAD_ROWS):
+        values["pop_prev"] = values["push_prev"] = 0
+    if opcode is Opcode.STORE:
+        values["pop_next"] = values["push_next"] = 0
+    return Instruction(opcode, **values)
+
+
+@pytest.mark.parametrize("opcode", list(Opcode), ids=lambda o: o.name)
+def test_random_words_round_trip(opcode):
+    rng = random.Random(int(opcode))
+    for _ in range(20):
+        inst = random_instruction(rng, opcode)
+        word = inst.encode()
+        assert len(word) == WORD_BYTES
+        assert decode(word) == inst
+
+
+def test_documented_bit_positions():
+    """A few fields checked against docs/isa.md by hand: opcode in byte 0, tokens in bits 8..11,
+    the HBM pseudo-channel in byte 8 of a MEMORY word."""
+    word = Instruction(Opcode.LOAD, pop_next=1, push_next=1, pc=31, rows=3).encode()
+    assert word[0] == Opcode.LOAD
+    assert word[1] == 0b1010
+    assert word[8] == 31
+    assert int.from_bytes(word, "little") >> 104 & 0xFFFF == 3
+
+
+def test_field_overflow_is_rejected():
+    with pytest.raises(IsaError, match="rows = 65536 does not fit in 16 bits"):
+        Instruction(Opcode.GEMM, rows=1 << 16).encode()
+
+
+def test_field_outside_layout_is_rejected():
+    with pytest.raises(IsaError, match="field pc is not part of its word layout"):
+        Instruction(Opcode.GEMM, pc=3).encode()
+
+
+def test_unknown_opcode_names_its_address():
+    program = encode_program([Instruction(Opcode.LOAD), Instruction(Opcode.END)])
+    broken = program[:WORD_BYTES] + bytes([0x7E]) + program[WORD_BYTES + 1:]
+    with pytest.raises(IsaError, match=r"instruction 1 \(byte offset 32\): unknown opcode 0x7e"):
+        decode_program(broken)
+
+
+def test_reserved_bits_and_torn_stream_are_rejected():
+    word = bytearray(Instruction(Opcode.STORE).encode())
+    word[31] |= 0x80  # bit 255 is reserved in the MEMORY layout
+    with pytest.raises(IsaError, match="instruction 0 \\(STORE\\): reserved bits"):
+        decode(bytes(word))
+    with pytest.raises(IsaError, match="not a whole number"):
+        decode_program(bytes(33))
+
+
+@pytest.mark.parametrize(("opcode", "field"), [(Opcode.LOAD, "pop_prev"), (Opcode.STORE, "push_next")])
+def test_tokens_toward_a_missing_neighbour_are_rejected(opcode, field):
+    with pytest.raises(IsaError, match="no (previous|next) unit"):
+        Instruction(opcode, **{field: 1}).encode()
+
+
+def test_row_ranges_follow_the_registers():
+    regs = Registers(n_tokens=5, position=30)
+    assert row_range(Instruction(Opcode.GEMM, rows_src=RowSource.TOKENS), regs) == (0, 5)
+    new_rows = Instruction(Opcode.STORE, rows_src=RowSource.CONTEXT, start_src=StartSource.HISTORY,
+                           flags=Flag.BUF_AT_START)
+    assert row_range(new_rows, regs) == (30, 5)
+    blocks = new_rows.replace(block_shift=5, end_ceil=1)  # 32-token blocks 0..1 are touched by 30..34
+    assert row_range(blocks, regs) == (0, 2)
+    history = Instruction(Opcode.LOAD, rows_src=RowSource.HISTORY)
+    assert row_range(history, regs) == (0, 30)
+    assert row_range(Instruction(Opcode.LOAD, rows=7), regs) == (0, 7)
+    assert GemmMode.GEMM_SPARSE.sparse and not GemmMode.GEMV.sparse
