@@ -1,0 +1,1 @@
+"""Tests of the RTL: harness, interfaces, control slave, AXI master, emission, packaging."""
