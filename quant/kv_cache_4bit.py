@@ -1,12 +1,13 @@
-"""Decoding caches that keep keys/values as packed 4-bit codes (storage from :mod:`llmfab.quant.kv4`).
+"""Decoding caches that keep keys/values as packed 4- or 8-bit codes (storage from
+:mod:`llmfab.quant.kv4`; the code width is ``Kv4Config.bits``).
 
 Two consumers:
 
 - :class:`Kv4KVCache`: the dense cache (`append(k, v) -> (all_k, all_v)`, post-RoPE keys), each of K
   and V in a :class:`~llmfab.quant.kv4.Kv4Cache`; attention reads the dequantized values.
 - the Λ cache of :mod:`llmfab.quant.lambda_attention`, whose sink slots and W-slot window are
-  "token stores" made by :func:`make_store`: float (:class:`FloatRing`), 4-bit per-token
-  (:class:`Kv4TokenRing`) or 4-bit per-channel blocks (:class:`Kv4BlockRing`).
+  "token stores" made by :func:`make_store`: float (:class:`FloatRing`), packed per-token
+  (:class:`Kv4TokenRing`) or packed per-channel blocks (:class:`Kv4BlockRing`).
 
 Every token store holds one stream ``[batch, kv_heads, tokens, head_dim]`` and keeps its last
 ``capacity`` tokens; ``append(x)`` returns the values *as stored* (dequantized) so attention over a
@@ -27,9 +28,9 @@ from llmfab.quant.kv4 import Kv4Block, Kv4Cache, Kv4Config, KvGranularity, dequa
 
 @dataclass(frozen=True)
 class Kv4CacheConfig:
-    """Granularity of the 4-bit keys and of the 4-bit values (chosen separately).
+    """Layout of the packed keys and of the packed values (granularity and bits of each).
 
-    The default, per-channel keys (blocks of 32 tokens) and per-token values, was chosen by
+    The default, 4-bit per-channel keys (blocks of 32 tokens) and per-token values, was chosen by
     measurement on SmolLM2-135M (persuasion, ctx 512: perplexity x1.019 of float, against x1.128
     for per-token keys); see docs/lambda_attention.md.
     """
@@ -38,24 +39,25 @@ class Kv4CacheConfig:
     values: Kv4Config = Kv4Config(KvGranularity.PER_TOKEN)
 
     @classmethod
-    def named(cls, keys: str, values: str, block_tokens: int = 32) -> "Kv4CacheConfig":
-        """From granularity names 'per_token' / 'per_channel' (InputError otherwise)."""
-        return cls(_kv4_config(keys, block_tokens, "keys"), _kv4_config(values, block_tokens, "values"))
+    def named(cls, keys: str, values: str, block_tokens: int = 32, bits: int = 4) -> "Kv4CacheConfig":
+        """From granularity names 'per_token' / 'per_channel' (InputError otherwise) and the code
+        width of both streams (4 or 8)."""
+        return cls(_kv_config(keys, block_tokens, bits, "keys"), _kv_config(values, block_tokens, bits, "values"))
 
 
-def _kv4_config(name: str, block_tokens: int, what: str) -> Kv4Config:
+def _kv_config(name: str, block_tokens: int, bits: int, what: str) -> Kv4Config:
     choices = [g.value for g in KvGranularity]
     if name not in choices:
-        raise InputError(f"KV4 granularity for {what} {name!r} is unknown; choose one of {', '.join(choices)}")
-    return Kv4Config(KvGranularity(name), block_tokens)
+        raise InputError(f"KV granularity for {what} {name!r} is unknown; choose one of {', '.join(choices)}")
+    return Kv4Config(KvGranularity(name), block_tokens, bits)
 
 
 def kv_bytes_per_token(config: ModelConfig, kv4: Kv4CacheConfig | None = None, float_bytes: int = 2) -> float:
     """Cache bytes one token of one sequence costs over all layers, K and V together.
 
     Float caches cost ``float_bytes`` per value (2 = float16, as a deployment would store them);
-    KV4 costs head_dim/2 code bytes plus float16 scale/offset per (head, token) or, per-channel,
-    2*2*head_dim bytes per head amortized over ``block_tokens``.
+    packed caches cost head_dim * bits / 8 code bytes plus float16 scale/offset per (head, token)
+    or, per-channel, 2*2*head_dim bytes per head amortized over ``block_tokens``.
     """
     if kv4 is None:
         return config.num_layers * 2 * config.kv_dim * float_bytes
@@ -66,7 +68,7 @@ def kv_bytes_per_token(config: ModelConfig, kv4: Kv4CacheConfig | None = None, f
 
 
 class Kv4KVCache:
-    """Dense (every token kept) KV cache of one layer in packed 4-bit storage.
+    """Dense (every token kept) KV cache of one layer in packed 4- or 8-bit storage.
 
     ``append(k, v)`` with k, v ``[B, kv_heads, T, head_dim]`` returns all keys/values so far,
     dequantized, ``[B, kv_heads, tokens, head_dim]`` in the input dtype. Per-channel tokens wait in a
@@ -141,27 +143,32 @@ class FloatRing:
 
 
 class Kv4TokenRing(FloatRing):
-    """Ring of 4-bit codes with one float16 (scale, offset) per token and head."""
+    """Ring of packed ``bits``-bit codes with one float16 (scale, offset) per token and head."""
+
+    def __init__(self, capacity: int, bits: int = 4):
+        super().__init__(capacity)
+        self.bits = bits
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        block = quantize_kv4(x, KvGranularity.PER_TOKEN)
+        block = quantize_kv4(x, KvGranularity.PER_TOKEN, self.bits)
         return block.codes, block.scales, block.offsets
 
     def _decode(self, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return dequantize_kv4(Kv4Block(*parts))
+        return dequantize_kv4(Kv4Block(*parts, bits=self.bits))
 
 
 class Kv4BlockRing:
-    """4-bit per-channel storage of the last ``capacity`` tokens: blocks of ``block_tokens`` tokens
-    share one float16 (scale, offset) per channel; the unfinished block waits in float16.
+    """Packed ``bits``-bit per-channel storage of the last ``capacity`` tokens: blocks of
+    ``block_tokens`` tokens share one float16 (scale, offset) per channel; the unfinished block
+    waits in float16.
 
     A block is dropped once all its tokens are older than the last ``capacity``, so up to
     ``capacity + 2 * block_tokens - 2`` tokens are held (constant); reads return only the last
     ``capacity``.
     """
 
-    def __init__(self, capacity: int, block_tokens: int):
-        self.capacity, self.block_tokens = capacity, block_tokens
+    def __init__(self, capacity: int, block_tokens: int, bits: int = 4):
+        self.capacity, self.block_tokens, self.bits = capacity, block_tokens, bits
         self.total = 0
         self._blocks: deque[Kv4Block] = deque()
         self._held_in_blocks = 0
@@ -172,7 +179,7 @@ class Kv4BlockRing:
         pending = x.new_zeros(*x.shape[:2], 0, x.shape[3]).half() if self._pending is None else self._pending
         staged = torch.cat([pending, x.half()], dim=2)
         full = staged.shape[2] // self.block_tokens * self.block_tokens
-        new_blocks = [quantize_kv4(staged[:, :, s : s + self.block_tokens], KvGranularity.PER_CHANNEL)
+        new_blocks = [quantize_kv4(staged[:, :, s : s + self.block_tokens], KvGranularity.PER_CHANNEL, self.bits)
                       for s in range(0, full, self.block_tokens)]
         self._pending = staged[:, :, full:].clone()
         self._blocks.extend(new_blocks)
@@ -198,9 +205,10 @@ class Kv4BlockRing:
 
 
 def make_store(capacity: int, kv4: Kv4Config | None):
-    """Token store keeping the last ``capacity`` tokens: float if kv4 is None, else 4-bit."""
+    """Token store keeping the last ``capacity`` tokens: float if kv4 is None, else packed
+    (``kv4.bits`` bits per value)."""
     if kv4 is None:
         return FloatRing(capacity)
     if kv4.granularity is KvGranularity.PER_TOKEN:
-        return Kv4TokenRing(capacity)
-    return Kv4BlockRing(capacity, min(kv4.block_tokens, capacity))
+        return Kv4TokenRing(capacity, kv4.bits)
+    return Kv4BlockRing(capacity, min(kv4.block_tokens, capacity), kv4.bits)

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from llmfab.errors import InputError
 from llmfab.quant.config import ModelConfig
 from llmfab.quant import kv_cache_4bit
-from llmfab.quant.kv4 import Kv4Config, KvGranularity
+from llmfab.quant.kv4 import SUPPORTED_KV_CACHE_BITS, Kv4Config, KvGranularity
 from llmfab.quant.smoothing import check_alpha
 from llmfab.quant.weight_quant import SUPPORTED_WEIGHT_BITS, ZeroPoint
 
 FLOAT_BITS = 16
 SUPPORTED_ACT_BITS = (8, FLOAT_BITS)
-SUPPORTED_KV_BITS = (4, 8, FLOAT_BITS)
+SUPPORTED_KV_BITS = (*SUPPORTED_KV_CACHE_BITS, FLOAT_BITS)
 
 
 class Sparsity(enum.Enum):
@@ -230,25 +230,17 @@ PRESETS: dict[str, Recipe] = {
                      sinks=DEFAULT_SINKS, window=DEFAULT_WINDOW),
 }
 
-def kv4_cache_config(recipe: Recipe):
-    """The packed 4-bit cache layout a KV4 recipe asks for (keys and values scaled separately)."""
-    return kv_cache_4bit.Kv4CacheConfig(Kv4Config(recipe.kv_key_granularity), Kv4Config(recipe.kv_value_granularity))
 
-
-def kv_bytes_per_token(config: ModelConfig, recipe: Recipe, block_tokens: int = 32) -> float:
-    """KV-cache bytes one token of one sequence occupies, over all layers, keys and values.
-
-    Float and 4-bit caches are sized by the cache classes that store them (quant/kv_cache_4bit.py);
-    8-bit, which has no packed cache yet, by the same layout: ``head_dim`` code bytes per head plus
-    a float16 scale and offset per (token, head), or per (block of ``block_tokens`` tokens, head,
-    channel) for per-channel scales.
-    """
+def kv4_cache_config(recipe: Recipe) -> kv_cache_4bit.Kv4CacheConfig | None:
+    """The packed cache layout a recipe asks for (code width ``kv_bits``, keys and values scaled
+    separately), or None for a float cache (``kv_bits`` 16)."""
     if recipe.kv_bits == FLOAT_BITS:
-        return kv_cache_4bit.kv_bytes_per_token(config)
-    if recipe.kv_bits == 4:
-        return kv_cache_4bit.kv_bytes_per_token(config, kv4_cache_config(recipe))
-    per_head = 0.0
-    for granularity in (recipe.kv_key_granularity, recipe.kv_value_granularity):
-        scales = 4 if granularity is KvGranularity.PER_TOKEN else 4 * config.head_dim / block_tokens
-        per_head += config.head_dim * recipe.kv_bits / 8 + scales
-    return config.num_layers * config.num_kv_heads * per_head
+        return None
+    return kv_cache_4bit.Kv4CacheConfig(Kv4Config(recipe.kv_key_granularity, bits=recipe.kv_bits),
+                                        Kv4Config(recipe.kv_value_granularity, bits=recipe.kv_bits))
+
+
+def kv_bytes_per_token(config: ModelConfig, recipe: Recipe) -> float:
+    """KV-cache bytes one token of one sequence occupies, over all layers, keys and values, as the
+    cache classes that store them count it (quant/kv_cache_4bit.py)."""
+    return kv_cache_4bit.kv_bytes_per_token(config, kv4_cache_config(recipe))

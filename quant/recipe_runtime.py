@@ -11,26 +11,22 @@ from __future__ import annotations
 import torch
 
 from llmfab.quant.lambda_attention import disable_lambda_attention, enable_kv4, enable_lambda_attention
-from llmfab.quant.recipe import Recipe, kv4_cache_config
+from llmfab.quant.recipe import FLOAT_BITS, Recipe, kv4_cache_config
 
 
 def apply_kv_and_attention(model, recipe: Recipe) -> str:
-    """Install the recipe's KV cache (4-bit packed or float) and Λ attention on ``model``.
+    """Install the recipe's KV cache (packed 4- or 8-bit, or float) and Λ attention on ``model``.
 
     Returns a short description of what runs, e.g. ``"Λ attention (4 sinks + 1024 window), KV4"``.
-    KV8 has no packed cache yet, so a KV8 recipe runs with a float cache (said in the description).
     """
-    kv4 = None
-    if recipe.kv_bits == 4:
-        kv4 = kv4_cache_config(recipe)
-    cache = "KV4" if kv4 else f"float KV cache (KV{recipe.kv_bits} not implemented)" if recipe.kv_bits == 8 \
-        else "float KV cache"
+    kv = kv4_cache_config(recipe)
+    cache = "float KV cache" if recipe.kv_bits == FLOAT_BITS else f"KV{recipe.kv_bits}"
     disable_lambda_attention(model)  # start from dense attention and float caches
     if recipe.lambda_attention:
-        enable_lambda_attention(model, recipe.sinks, recipe.window, kv4=kv4)
+        enable_lambda_attention(model, recipe.sinks, recipe.window, kv4=kv)
         return f"Λ attention ({recipe.sinks} sinks + {recipe.window} window), {cache}"
-    if kv4 is not None:
-        enable_kv4(model, kv4)
+    if kv is not None:
+        enable_kv4(model, kv)
     return f"dense attention, {cache}"
 
 

@@ -1,4 +1,4 @@
-"""KV4 quantization of the cache and integer softmax attention (docs/numerics.md §6.1, §7).
+"""KV-cache quantization (4- or 8-bit codes) and integer softmax attention (docs/numerics.md §6.4, §7).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from llmfab.sim.fixed_point import ACT32, check_range, round_shift, saturate_to
 from llmfab.sim.linear_ops import requantize_per_token
 from llmfab.sim.special_functions import exp2, reciprocal
 
-KV_MAX_CODE = 15
+KV_CODE_BITS = (4, 8)  # KV4 and KV8 (§6.4)
+KV_NARROW_BITS = 17  # x - offset is narrowed to 17 unsigned bits before the multiply by 1/scale (§6.4)
 EXP2_ARGUMENT_MIN = -(32 << 16)  # exp2 arguments saturate at -32.0 (2**-32 rounds to 0 in Q.16)
 SCORE_ACCUMULATOR_BITS = 48  # Σ_d q8 * k (§7.3)
 VALUE_ACCUMULATOR_BITS = 50  # Σ_j p * v (§7.5)
@@ -19,7 +20,7 @@ VALUE_ACCUMULATOR_BITS = 50  # Σ_j p * v (§7.5)
 
 @dataclass(frozen=True, eq=False)
 class Kv4Codes:
-    """4-bit codes with an ACT32 offset and a positive ACT32 step per reduction group (§6.4).
+    """KV codes (4 or 8 bits) with an ACT32 offset and a positive ACT32 step per reduction group (§6.4).
 
     A value means ``offset + scale * code``; ``scale``/``offset`` keep the reduced axis with size 1.
     """
@@ -44,21 +45,25 @@ class AttentionConstants:
         return cls(int(np.floor(np.ldexp(value, shift) + 0.5)), shift)
 
 
-def kv4_quantize(values, axis: int) -> Kv4Codes:
-    """ACT32 values -> 4-bit codes, statistics over ``axis`` (§6.4).
+def kv4_quantize(values, axis: int, bits: int = 4) -> Kv4Codes:
+    """ACT32 values -> ``bits``-bit codes (4 or 8; M = 2**bits - 1), statistics over ``axis`` (§6.4).
 
-    ``offset = min``; ``scale = max(1, ceil((max - min) / 15))``; ``(r, e) = reciprocal(scale)``;
-    ``d = x - offset`` pre-shifted by ``s0 = max(0, e - 12)``;
-    ``code = clamp(rshr(rshr(d, s0) * r, 16 + e - s0), 0, 15)``.
+    ``offset = min``; ``scale = max(1, ceil((max - min) / M))``; ``(r, e) = reciprocal(scale)``;
+    ``d = x - offset`` pre-shifted by ``s0 = max(0, e - (16 - bits))`` so that it fits 17 bits;
+    ``code = clamp(rshr(rshr(d, s0) * r, 16 + e - s0), 0, M)``.
+    Round trip: ``|dequantize - x| <= scale * (1/2 + 9 * 2**(bits - 17))``.
     """
+    if bits not in KV_CODE_BITS:
+        raise ValueError(f"KV codes have {' or '.join(map(str, KV_CODE_BITS))} bits, not {bits}")
+    max_code = (1 << bits) - 1
     x = np.asarray(values, dtype=np.int64)
     lo = x.min(axis=axis, keepdims=True)
     hi = x.max(axis=axis, keepdims=True)
-    scale = np.maximum(-((lo - hi) // KV_MAX_CODE), 1)  # ceil division
+    scale = np.maximum(-((lo - hi) // max_code), 1)  # ceil division
     r, e = reciprocal(scale)
-    pre_shift = np.maximum(e - 12, 0)
+    pre_shift = np.maximum(e + bits + 1 - KV_NARROW_BITS, 0)  # x - lo < 2**(bits + e + 1)
     narrow = round_shift(x - lo, pre_shift)
-    codes = np.clip(round_shift(narrow * r, 16 + e - pre_shift), 0, KV_MAX_CODE)
+    codes = np.clip(round_shift(narrow * r, 16 + e - pre_shift), 0, max_code)
     return Kv4Codes(codes, scale, lo)
 
 
@@ -72,7 +77,7 @@ def attention(q, keys, values, constants: AttentionConstants, visible) -> np.nda
 
     Args:
         q: ACT32 ``[H, T, D]`` rotated queries.
-        keys, values: ACT32 ``[KV, S, D]`` as read back from the cache (dequantized KV4).
+        keys, values: ACT32 ``[KV, S, D]`` as read back from the cache (dequantized KV4 or KV8).
         constants: ``log2(e)/sqrt(D)``.
         visible: bool ``[T, S]``, True where query t may attend key s (each row has one True).
 

@@ -1,3 +1,5 @@
+"""Packed KV storage at 4 and 8 bits: round-trip bounds, byte counts, per-channel staging, bad input."""
+
 import pytest
 import torch
 
@@ -25,15 +27,29 @@ def _assert_within_half_step(restored, values, scales):
     assert ((restored - values).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("granularity", list(KvGranularity))
-def test_round_trip_error_is_at_most_half_a_scale(granularity):
+def test_round_trip_error_is_at_most_half_a_scale(granularity, bits):
     values = _kv(0, tokens=10)
-    block = quantize_kv4(values, granularity)
-    assert block.codes.dtype == torch.uint8 and block.codes.shape == (2, 3, 10, 8)
+    block = quantize_kv4(values, granularity, bits)
+    assert block.codes.dtype == torch.uint8 and block.codes.shape == (2, 3, 10, 16 * bits // 8)
     assert block.scales.dtype == torch.float16 and block.offsets.dtype == torch.float16
     expected = (2, 3, 10, 1) if granularity is KvGranularity.PER_TOKEN else (2, 3, 1, 16)
     assert block.scales.shape == expected
+    span = values.amax(-1 if granularity is KvGranularity.PER_TOKEN else -2, keepdim=True) - \
+        values.amin(-1 if granularity is KvGranularity.PER_TOKEN else -2, keepdim=True)
+    assert (block.scales.float() <= span / ((1 << bits) - 1) * (1 + 2**-9) + 1e-6).all()  # the full code range
     _assert_within_half_step(dequantize_kv4(block), values, block.scales)
+
+
+def test_8_bit_codes_are_one_byte_per_value_and_finer_than_4_bit():
+    values = _kv(6, tokens=12)
+    block = quantize_kv4(values, KvGranularity.PER_TOKEN, bits=8)
+    codes = torch.round((values - block.offsets.float()) / block.scales.float()).to(torch.uint8)
+    assert torch.equal(block.codes, codes)  # unpacked: channel i in byte i
+    errors = {bits: (dequantize_kv4(quantize_kv4(values, KvGranularity.PER_TOKEN, bits)) - values).abs().mean()
+              for bits in (4, 8)}
+    assert errors[8] < errors[4] / 12  # 255 against 15 steps
 
 
 def test_constant_vector_round_trips_exactly():
@@ -83,9 +99,35 @@ def test_per_channel_wins_when_keys_have_outlier_channels():
     assert errors[KvGranularity.PER_CHANNEL] < errors[KvGranularity.PER_TOKEN]
 
 
+def test_8_bit_caches_count_one_code_byte_per_channel():
+    per_token = Kv4Cache(batch=1, kv_heads=3, head_dim=16, config=Kv4Config(KvGranularity.PER_TOKEN, bits=8))
+    per_channel = Kv4Cache(batch=1, kv_heads=3, head_dim=16, config=Kv4Config(KvGranularity.PER_CHANNEL, 16, bits=8))
+    values = _kv(7, tokens=16, batch=1)
+    for cache in (per_token, per_channel):
+        cache.append(values)
+        assert cache.stored_bytes() == 16 * cache.bytes_per_token()  # one full per-channel block
+        stored = values.half().float() if cache is per_channel else values  # blocks are staged in float16
+        block = quantize_kv4(stored, cache.config.granularity, bits=8)
+        assert torch.equal(cache.read(), dequantize_kv4(block))
+        _assert_within_half_step(cache.read(), stored, block.scales)
+    assert per_token.bytes_per_token() == 3 * (16 + 2 + 2)
+    assert per_channel.bytes_per_token() == 3 * (16 + 2 * 2 * 16 / 16)
+    assert Kv4Cache(batch=1, kv_heads=1, head_dim=5, config=Kv4Config(bits=8)).bytes_per_token() == 5 + 4
+
+
+@pytest.mark.parametrize("bits", [3, 16, True])
+def test_unsupported_bits_name_the_supported_ones(bits):
+    with pytest.raises(InputError, match="4 or 8 bits"):
+        Kv4Config(bits=bits)
+    with pytest.raises(InputError, match="4 or 8 bits"):
+        quantize_kv4(_kv(0, tokens=2), KvGranularity.PER_TOKEN, bits)
+
+
 def test_odd_head_dim_and_wrong_append_shape_are_rejected():
-    with pytest.raises(InputError, match="odd"):
+    with pytest.raises(InputError, match="odd.*8-bit"):
         Kv4Cache(batch=1, kv_heads=1, head_dim=5)
+    with pytest.raises(InputError, match="odd"):
+        quantize_kv4(torch.zeros(1, 1, 2, 5), KvGranularity.PER_TOKEN)
     cache = Kv4Cache(batch=1, kv_heads=2, head_dim=8)
     with pytest.raises(InputError, match="kv_heads"):
         cache.append(torch.zeros(1, 3, 1, 8))

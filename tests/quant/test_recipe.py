@@ -46,7 +46,7 @@ def test_unknown_preset_lists_the_known_ones():
 
 
 @pytest.mark.parametrize("option, value, match", [
-    ("weight_bits", 5, "--weight-bits 5"), ("act_bits", 4, "--act-bits 4"), ("kv_bits", 2, "--kv-bits 2"),
+    ("weight_bits", 5, "--weight-bits 5"), ("act_bits", 4, "--act-bits 4"), ("kv_bits", 3, "--kv-bits 3.*one of 4, 8, 16"),
     ("group_size", 0, "--group-size"), ("calib_samples", 0, "--calib-samples"),
     ("zero_point", "half-integer", "9-bit stored zero points"),
     ("kv_key_granularity", "per-row", "per_token, per_channel"), ("sparsity", "1:4", "none, 2:4"),
