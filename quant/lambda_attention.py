@@ -112,7 +112,7 @@ class LambdaKVCache:
 
     Keys are stored unrotated (``rotates_keys``): `Attention.forward` hands over unrotated
     q, k, v [B, heads, T, D] to :meth:`attend`, which returns [B, H, T, D]. Storage is float, or
-    packed 4-bit for sinks and ring when ``kv4`` is given. Memory stays constant at any length.
+    packed 4- or 8-bit (``kv4.keys.bits``) for sinks and ring when ``kv4`` is given. Memory stays constant at any length.
     """
 
     rotates_keys = True
@@ -175,12 +175,12 @@ class DenseCoreDisabled:
 
 def enable_lambda_attention(model, sinks: int = 4, window: int = 1024, kv4: Kv4CacheConfig | None = None,
                             context: int | None = None, chunk: int = 256) -> None:
-    """Make `model.new_cache()` build Λ caches (S sinks + W ring; float or 4-bit) for every layer.
+    """Make `model.new_cache()` build Λ caches (S sinks + W ring; float or packed) for every layer.
 
     Args:
         model: a :class:`~llmfab.quant.model.LlamaModel`.
         sinks, window: S >= 0 and W >= 1.
-        kv4: store sinks and ring as packed 4-bit (None: float).
+        kv4: store sinks and ring packed, 4 or 8 bits as its configs say (None: float).
         context: evaluation context length, if one applies; W must not exceed it.
         chunk: prefill queries per block (memory O(chunk * (S + W + chunk)) per head).
     """
@@ -203,7 +203,8 @@ def disable_lambda_attention(model) -> None:
 
 
 def enable_kv4(model, kv4: Kv4CacheConfig = Kv4CacheConfig()) -> None:
-    """Dense attention with a packed 4-bit cache: `model.new_cache()` builds Kv4KVCache layers."""
+    """Dense attention with a packed cache (4 or 8 bits as ``kv4`` says): `model.new_cache()` builds
+    Kv4KVCache layers."""
     from llmfab.quant.kv_cache_4bit import Kv4KVCache
 
     disable_lambda_attention(model)
