@@ -126,6 +126,7 @@ class Flag(enum.IntFlag):
     # MEMORY
     BUF_AT_START = 1  # advance the buffer address by start * buf_stride as well as the HBM address
     RING = 2  # rows are stream positions mapped to Λ cache slots (sinks + ring)
+    STRIPED = 4  # row r lives in pseudo-channel pc + r mod sub, at hbm_offset + (r div sub) * hbm_stride
     # ATTENTION / ROPE
     LAMBDA = 1  # Λ visibility (sinks + window) instead of causal
 
@@ -335,6 +336,14 @@ class Registers:
         if source is RowSource.HISTORY:
             return self.position
         return self.position + self.n_tokens
+
+
+def hbm_row(inst: Instruction, row: int) -> tuple[int, int]:
+    """(pseudo-channel, byte offset) of row ``row`` of a MEMORY instruction (STRIPED spreads rows
+    round-robin over ``sub`` pseudo-channels from ``pc``)."""
+    if inst.flags & Flag.STRIPED and inst.sub > 1:
+        return inst.pc + row % inst.sub, inst.hbm_offset + (row // inst.sub) * inst.hbm_stride
+    return inst.pc, inst.hbm_offset + row * inst.hbm_stride
 
 
 def row_range(inst: Instruction, regs: Registers) -> tuple[int, int]:

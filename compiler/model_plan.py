@@ -1,0 +1,162 @@
+"""What the scheduler compiles, independent of the weights: every linear's shape and format, the
+cache formats, the norms, and (when weights are at hand) the integer fields to pack.
+
+The model is a LLaMA decoder (quant.config.ModelConfig) compressed by a quant.recipe.Recipe.
+The same description serves a real artifact and a `--shape-only` compile from a config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmfab.compiler.isa import KvMode
+from llmfab.errors import InputError
+from llmfab.quant.config import ModelConfig
+from llmfab.quant.kv4 import KvGranularity
+from llmfab.quant.qlinear import EMBEDDING_BITS
+from llmfab.quant.recipe import Recipe, kv4_cache_config
+from llmfab.quant.weight_quant import ZeroPoint
+from llmfab.quant.weights import LINEAR_NAMES
+
+KV4_BITS = 4
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """One linear layer as the engine runs it. ``layer`` is None for the LM head."""
+
+    layer: int | None
+    name: str
+    out_features: int
+    in_features: int
+    bits: int
+    group_size: int
+    sparse: bool
+    half_zero: bool
+
+    @property
+    def label(self) -> str:
+        return self.name if self.layer is None else f"layers.{self.layer}.{self.name}"
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """A compressed model's shapes and formats."""
+
+    name: str
+    config: ModelConfig
+    recipe: Recipe
+    key_mode: KvMode
+    value_mode: KvMode
+    block_tokens: int
+
+    @classmethod
+    def build(cls, config: ModelConfig, recipe: Recipe, name: str = "") -> "ModelPlan":
+        if recipe.act_bits != 8:
+            raise InputError(f"recipe {recipe.name} has {recipe.act_bits}-bit activations; the engine's "
+                             "datapath takes int8 activation codes (use a recipe with --act-bits 8)")
+        if recipe.lambda_attention:
+            raise InputError(
+                f"recipe {recipe.name} uses Λ attention (sinks {recipe.sinks}, window {recipe.window}); the "
+                "scheduler emits dense (causal) attention programs only so far. Quantize with a dense "
+                "preset (e.g. w2a8kv4) or drop --sinks/--window")
+        recipe.check_model(config)
+        key_mode, value_mode, block = kv_modes(recipe)
+        return cls(name or config.name, config, recipe, key_mode, value_mode, block)
+
+    @property
+    def lambda_attention(self) -> bool:
+        return self.recipe.lambda_attention
+
+    def layer_linears(self, layer: int) -> list[LinearSpec]:
+        """The seven projections of a decoder layer, in execution order."""
+        c, r = self.config, self.recipe
+        shapes = {"q_proj": (c.q_dim, c.hidden_size), "k_proj": (c.kv_dim, c.hidden_size),
+                  "v_proj": (c.kv_dim, c.hidden_size), "o_proj": (c.hidden_size, c.q_dim),
+                  "gate_proj": (c.intermediate_size, c.hidden_size), "up_proj": (c.intermediate_size, c.hidden_size),
+                  "down_proj": (c.hidden_size, c.intermediate_size)}
+        half = r.zero_point is ZeroPoint.HALF_INTEGER
+        return [LinearSpec(layer, name, *shapes[name], r.weight_bits, r.group_size, r.sparse, half)
+                for name in LINEAR_NAMES]
+
+    @property
+    def lm_head(self) -> LinearSpec:
+        """8-bit codes, one group (and scale) per row (quant.qlinear.quantize_embeddings)."""
+        c = self.config
+        return LinearSpec(None, "lm_head", c.vocab_size, c.hidden_size, EMBEDDING_BITS, c.hidden_size, False, False)
+
+    def all_linears(self) -> list[LinearSpec]:
+        out = []
+        for layer in range(self.config.num_layers):
+            out.extend(self.layer_linears(layer))
+        return out + [self.lm_head]
+
+
+def kv_modes(recipe: Recipe) -> tuple[KvMode, KvMode, int]:
+    """(key mode, value mode, block tokens): KV4 as the recipe asks, ACT32 streams for any other
+    cache width (the integer numerics define KV4 only; docs/numerics.md §6.4)."""
+    if recipe.kv_bits != KV4_BITS:
+        return KvMode.ACT32, KvMode.ACT32, 1
+    config = kv4_cache_config(recipe)
+
+    def mode(granularity: KvGranularity) -> KvMode:
+        return KvMode.KV4_CHANNEL if granularity is KvGranularity.PER_CHANNEL else KvMode.KV4_TOKEN
+
+    block = config.keys.block_tokens if config.keys.granularity is KvGranularity.PER_CHANNEL else config.values.block_tokens
+    return mode(config.keys.granularity), mode(config.values.granularity), block
+
+
+def reference_integer_model(model, recipe: Recipe):
+    """The :class:`~llmfab.sim.integer_model.IntegerModel` a program of this recipe must match bit
+    for bit (KV4 cache as the recipe asks, ACT32 otherwise)."""
+    from llmfab.sim.integer_weights import integer_model_from_torch
+
+    return integer_model_from_torch(model, kv4_cache_config(recipe) if recipe.kv_bits == KV4_BITS else None)
+
+
+class WeightSource:
+    """Integer fields of a compressed fake-quant model (quant.model.LlamaModel), as numpy."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def module(self, spec: LinearSpec):
+        from llmfab.quant.model import projection
+
+        if spec.layer is None:
+            return self.model.lm_head
+        return projection(self.model.model.layers[spec.layer], spec.name)
+
+    def linear(self, spec: LinearSpec) -> dict[str, np.ndarray]:
+        """codes, zeros, scales (float32), patterns (or None) of ``spec``; InputError if the stored
+        layer does not have the format the plan expects."""
+        module = self.module(spec)
+        if not hasattr(module, "codes"):
+            raise InputError(f"{spec.label} is a float layer; compile a compressed artifact (llmfab quantize)")
+        mask = getattr(module, "mask_codes", None)
+        found = (int(module.bits), int(module.group_size), mask is not None, bool(module.zero_halves))
+        wanted = (spec.bits, spec.group_size, spec.sparse, spec.half_zero)
+        if found != wanted:
+            raise InputError(f"{spec.label}: stored as (bits, group, 2:4, half zeros) = {found}, but the recipe "
+                             f"says {wanted}; the artifact is inconsistent, quantize again")
+        return {"codes": module.codes.numpy(), "zeros": module.zeros.numpy(),
+                "scales": module.scales.float().numpy(), "patterns": None if mask is None else mask.numpy()}
+
+    def embedding(self) -> dict[str, np.ndarray]:
+        table = self.model.model.embed_tokens
+        if not hasattr(table, "codes"):
+            raise InputError("the embedding table is float; compile a compressed artifact (llmfab quantize)")
+        return {"codes": table.codes.numpy(), "zeros": table.zeros.numpy(),
+                "scales": table.scales.float().numpy(), "half_zero": bool(table.zero_halves)}
+
+    def norm_gammas(self, layer: int | None) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+        if layer is None:
+            return self.model.model.norm.weight.detach().float().numpy()
+        block = self.model.model.layers[layer]
+        return (block.input_layernorm.weight.detach().float().numpy(),
+                block.post_attention_layernorm.weight.detach().float().numpy())
+
+    def inv_freq(self) -> np.ndarray:
+        return self.model.model.rotary.inv_freq.double().numpy()

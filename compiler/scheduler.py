@@ -1,0 +1,479 @@
+"""The scheduler / mapper: a compressed model + a HardwareConfig -> placed data and the two
+instruction routines, ``prefill`` (a chunk of up to C tokens) and ``decode`` (one token).
+
+Each op of the lowered cascade (docs/ir.md, "Lowering") maps to one engine instruction per tile:
+
+| cascade op | opcode | engine mode |
+| --- | --- | --- |
+| embedding gather + dequantize | LOAD_ROWS, EMBED | load unit, special-function unit |
+| RMSNorm | RMSNORM | special-function unit |
+| A8 requantization | REQUANT | special-function unit |
+| group-wise W·A (2:4 indices) | GEMM per weight tile | decode GEMV / prefill GEMM, dense or 2:4 |
+| RoPE | ROPE | special-function unit |
+| KV cache store (KV4) | KV_QUANT, STORE | special-function unit, store unit |
+| softmax attention | ATTENTION | attention array (A8 x KV4) |
+| SwiGLU | SILU_MUL | special-function unit |
+| residual add | ADD | special-function unit |
+| LM head | GEMM per tile, STORE | as the linears |
+
+Weight tiles are double-buffered in the weight buffer: the LOAD of tile i+2 follows the GEMM of
+tile i, so it overlaps the GEMM of tile i+1; tokens (compiler/tokens.py) enforce the waits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llmfab.boards.hardware import HardwareConfig
+from llmfab.compiler.isa import (
+    Buffer,
+    Flag,
+    GemmMode,
+    Instruction,
+    KvMode,
+    Opcode,
+    RowSource,
+    StartSource,
+)
+from llmfab.compiler.kv_layout import KvStreamLayout
+from llmfab.compiler.memory_plan import (
+    MemoryPlan,
+    Tile,
+    a8_stride,
+    embed_stride,
+    norm_bytes,
+    plan_memory,
+)
+from llmfab.compiler.model_plan import LinearSpec, ModelPlan, WeightSource
+from llmfab.compiler.placement import HbmPlacement, Region
+from llmfab.compiler.tokens import Step, assign_tokens
+from llmfab.compiler.weight_tiles import pack_tile
+
+ROUTINES = ("prefill", "decode")
+
+
+@dataclass
+class Compiled:
+    """Everything the program writer needs."""
+
+    plan: ModelPlan
+    hardware: HardwareConfig
+    memory: MemoryPlan
+    placement: HbmPlacement
+    image_sizes: list[int]
+    instructions: list[Instruction]
+    entries: dict[str, dict]
+    embed_half_zero: bool
+    report: dict = field(default_factory=dict)
+
+
+def compile_model(plan: ModelPlan, hardware: HardwareConfig, weights: WeightSource | None) -> Compiled:
+    """Plan buffers, place data (and fill the images when ``weights`` is given), emit both routines."""
+    memory = plan_memory(plan, hardware)
+    placement = HbmPlacement(hardware, with_images=weights is not None)
+    embed_half_zero = bool(weights.embedding()["half_zero"]) if weights is not None else False
+    _place_constants(plan, memory, placement, weights)
+    image_sizes = placement.bytes_per_pc()
+    _place_runtime(plan, memory, placement)
+    placement.check_capacity()
+    instructions: list[Instruction] = []
+    entries = {}
+    for routine in ROUTINES:
+        emitter = RoutineEmitter(plan, hardware, memory, placement, routine, embed_half_zero)
+        steps = emitter.emit()
+        entries[routine] = {"entry": len(instructions), "count": len(steps)}
+        instructions.extend(assign_tokens(steps))
+    compiled = Compiled(plan, hardware, memory, placement, image_sizes, instructions, entries, embed_half_zero)
+    compiled.report = build_report(compiled)
+    return compiled
+
+
+# ---------------------------------------------------------------- placement
+
+
+def tile_region_name(tile: Tile) -> str:
+    return f"w.{tile.name}"
+
+
+def kv_region_name(layer: int, stream: str, section: str) -> str:
+    return f"kv.{layer}.{stream}.{section}"
+
+
+def _place_constants(plan: ModelPlan, memory: MemoryPlan, placement: HbmPlacement,
+                     weights: WeightSource | None) -> None:
+    from llmfab.sim.linear_ops import scale_multipliers
+    from llmfab.sim.vector_ops import prepare_norm, rope_tables
+
+    c = plan.config
+    for layer in range(c.num_layers):
+        for which in ("input", "post"):
+            placement.single(f"norm.{layer}.{which}", "norm", norm_bytes(c.hidden_size))
+    placement.single("norm.final", "norm", norm_bytes(c.hidden_size))
+    if weights is not None:
+        for layer in range(c.num_layers):
+            for which, gamma in zip(("input", "post"), weights.norm_gammas(layer)):
+                placement.write(placement.regions[f"norm.{layer}.{which}"], norm_record(prepare_norm(gamma, c.rms_norm_eps)))
+        placement.write(placement.regions["norm.final"],
+                        norm_record(prepare_norm(weights.norm_gammas(None), c.rms_norm_eps)))
+    for spec in plan.all_linears():
+        fields = weights.linear(spec) if weights is not None else None
+        multipliers = scale_multipliers(fields["scales"], 1 if spec.half_zero else 0) if fields else None
+        for tile in memory.tiles(spec):
+            region = placement.chunked(tile_region_name(tile), "weights", tile.shape.nbytes)
+            if fields is not None:
+                placement.write(region, tile_bytes(tile, fields, multipliers))
+    row = embed_stride(c.hidden_size)
+    table = placement.striped("embedding", "embedding", c.vocab_size, row)
+    if weights is not None:
+        placement.write(table, embedding_rows(weights.embedding()))
+    rope = placement.striped("rope", "rope", memory.max_context, 4 * c.head_dim)
+    if weights is not None:
+        cos, sin = rope_tables(weights.inv_freq(), np.arange(memory.max_context))
+        placement.write(rope, np.concatenate([cos, sin], axis=1).astype(np.int32))
+
+
+def _place_runtime(plan: ModelPlan, memory: MemoryPlan, placement: HbmPlacement) -> None:
+    c = plan.config
+    placement.single("input.ids", "input", 4 * memory.chunk)
+    for layer in range(c.num_layers):
+        for stream, lay in (("keys", memory.keys), ("values", memory.values)):
+            for section, rows, row_bytes in kv_sections(lay):
+                placement.striped(kv_region_name(layer, stream, section), "kv", rows, row_bytes)
+    placement.striped("output.logits", "output", memory.chunk, 4 * c.vocab_size)
+
+
+def kv_sections(lay: KvStreamLayout) -> list[tuple[str, int, int]]:
+    """(section, HBM rows, bytes per row) of a stream: token rows, or block rows per channel."""
+    block = lay.block_tokens if lay.mode is KvMode.KV4_CHANNEL else 1
+    out = [("codes", lay.capacity // block, block * lay.code_row_bytes)]
+    if lay.stat_rows:
+        out.append(("stats", lay.stat_rows, lay.stat_row_bytes))
+    if lay.staging_bytes:
+        out.append(("staging", 1, lay.staging_bytes))
+    return out
+
+
+def norm_record(norm) -> bytes:
+    header = np.zeros(6, dtype=np.int32)
+    header[:2] = np.array([norm.eps_scaled], dtype=np.int64).view(np.int32)
+    header[2:5] = (norm.gain_shift, norm.sqrt_n_mantissa, norm.sqrt_n_shift)
+    return header.tobytes() + np.asarray(norm.gain, dtype=np.int32).tobytes()
+
+
+def tile_bytes(tile: Tile, fields: dict, multipliers) -> bytes:
+    mantissas, row_shifts = multipliers
+    spec = tile.spec
+    n = slice(tile.n0, tile.n1)
+    g = slice(tile.k0 // spec.group_size, tile.k1 // spec.group_size)
+    kc = slice(tile.k0 // 2, tile.k1 // 2) if spec.sparse else slice(tile.k0, tile.k1)
+    if np.any(row_shifts[n] < -128) or np.any(row_shifts[n] > 127):
+        raise ValueError(f"{spec.label}: row shifts outside int8")
+    patterns = fields["patterns"][n, tile.k0 // 4:tile.k1 // 4] if spec.sparse else None
+    return pack_tile(tile.shape, fields["codes"][n, kc], fields["zeros"][n, g], mantissas[n, g],
+                     row_shifts[n], patterns)
+
+
+def embedding_rows(table: dict) -> np.ndarray:
+    """uint8 ``[vocab, 8 + align8(hidden)]`` embedding row records (docs/isa.md)."""
+    from llmfab.sim.linear_ops import scale_multipliers
+
+    codes = np.asarray(table["codes"], dtype=np.uint8)
+    vocab, hidden = codes.shape
+    mantissa, row_shift = scale_multipliers(table["scales"], 1 if table["half_zero"] else 0)
+    header = np.zeros((vocab, 4), dtype=np.int16)
+    header[:, 0] = mantissa[:, 0].astype(np.uint16).view(np.int16)
+    header[:, 1] = row_shift
+    header[:, 2] = np.asarray(table["zeros"], dtype=np.int64)[:, 0]
+    rows = np.zeros((vocab, embed_stride(hidden)), dtype=np.uint8)
+    rows[:, :8] = header.view(np.uint8)
+    rows[:, 8:8 + hidden] = codes
+    return rows
+
+
+# ---------------------------------------------------------------- instruction emission
+
+
+class RoutineEmitter:
+    """Emits one routine's instructions in a valid sequential order, with their buffer accesses."""
+
+    def __init__(self, plan: ModelPlan, hardware: HardwareConfig, memory: MemoryPlan, placement: HbmPlacement,
+                 routine: str, embed_half_zero: bool):
+        self.plan, self.hw, self.m, self.hbm = plan, hardware, memory, placement
+        self.routine = routine
+        self.rows = memory.chunk if routine == "prefill" else 1
+        self.embed_half_zero = embed_half_zero
+        self.steps: list[Step] = []
+        self.tiles: list[Tile] = []
+        self.loaded = 0
+        self.norm_uses = 0
+        self.stage_uses = 0
+
+    # -- accesses
+    def act(self, name: str):
+        addr, size = self.m.act.regions[name]
+        return (Buffer.ACT, addr, addr + size)
+
+    def region(self, bmap, name: str):
+        addr, size = bmap.regions[name]
+        return (bmap.buffer, addr, addr + size)
+
+    def add(self, inst: Instruction, reads=(), writes=()) -> None:
+        self.steps.append(Step(inst, list(reads), list(writes)))
+
+    def gemm_mode(self, spec: LinearSpec) -> GemmMode:
+        prefill = self.routine == "prefill"
+        if spec.sparse:
+            return GemmMode.GEMM_SPARSE if prefill else GemmMode.GEMV_SPARSE
+        return GemmMode.GEMM if prefill else GemmMode.GEMV
+
+    # -- memory instructions
+    def memory(self, opcode: Opcode, region: Region, buf: Buffer, buf_addr: int, buf_stride: int,
+               row_bytes: int, **fields) -> Instruction:
+        striped = region.ports > 1
+        flags = fields.pop("flags", 0) | (Flag.STRIPED if striped else 0)
+        return Instruction(opcode, pc=region.pc, hbm_offset=region.offset, hbm_stride=region.stride,
+                           sub=region.ports if striped else 0, buf=buf, buf_addr=buf_addr, buf_stride=buf_stride,
+                           row_bytes=row_bytes, flags=int(flags), **fields)
+
+    def load_tile(self) -> None:
+        if self.loaded >= len(self.tiles):
+            return
+        tile = self.tiles[self.loaded]
+        slot = self.region(self.m.wgt, f"tile{self.loaded % 2}")
+        region = self.hbm.regions[tile_region_name(tile)]
+        inst = self.memory(Opcode.LOAD, region, Buffer.WGT, slot[1], region.row_bytes, region.row_bytes,
+                           rows=region.rows)
+        self.add(inst, writes=[slot])
+        self.loaded += 1
+
+    def emit(self) -> list[Step]:
+        c = self.plan.config
+        for layer in range(c.num_layers):
+            for spec in self.plan.layer_linears(layer):
+                self.tiles.extend(self.m.tiles(spec))
+        self.tiles.extend(self.m.tiles(self.plan.lm_head))
+        self.load_tile()
+        self.load_tile()
+        self.embedding()
+        rope = self.region(self.m.wgt, "rope")
+        region = self.hbm.regions["rope"]
+        self.add(self.memory(Opcode.LOAD, region, Buffer.WGT, rope[1], 4 * c.head_dim, 4 * c.head_dim,
+                             rows_src=RowSource.CONTEXT, start_src=StartSource.HISTORY), writes=[rope])
+        self.tile_index = 0
+        for layer in range(c.num_layers):
+            self.decoder_layer(layer)
+        self.rmsnorm("norm.final", "x", "h")
+        self.requant("h", "a8_h", c.hidden_size)
+        self.lm_head()
+        self.add(Instruction(Opcode.END))
+        return self.steps
+
+    def embedding(self) -> None:
+        c = self.plan.config
+        ids, emb, x = self.act("ids"), self.act("emb"), self.act("x")
+        region = self.hbm.regions["input.ids"]
+        self.add(self.memory(Opcode.LOAD, region, Buffer.ACT, ids[1], 4, 4, rows_src=RowSource.TOKENS).replace(
+            hbm_stride=4), writes=[ids])
+        table = self.hbm.regions["embedding"]
+        stride = embed_stride(c.hidden_size)
+        self.add(self.memory(Opcode.LOAD_ROWS, table, Buffer.ACT, emb[1], stride, stride,
+                             rows_src=RowSource.TOKENS, ids_buf=Buffer.ACT, ids_addr=ids[1]),
+                 reads=[ids], writes=[emb])
+        self.add(Instruction(Opcode.EMBED, src0_buf=Buffer.ACT, src0_addr=emb[1], dst_buf=Buffer.ACT, dst_addr=x[1],
+                             stride=stride, cols=c.hidden_size, rows_src=RowSource.TOKENS,
+                             flags=int(Flag.HALF_ZERO) if self.embed_half_zero else 0),
+                 reads=[emb], writes=[x])
+
+    def compute(self, opcode: Opcode, dst: str, src0: str, src1: tuple | None, cols: int, **fields) -> None:
+        d, s0 = self.act(dst), self.act(src0)
+        reads = [s0] + ([src1] if src1 is not None else [])
+        inst = Instruction(opcode, dst_buf=Buffer.ACT, dst_addr=d[1], src0_buf=Buffer.ACT, src0_addr=s0[1],
+                           src1_buf=src1[0] if src1 else 0, src1_addr=src1[1] if src1 else 0, cols=cols,
+                           rows_src=RowSource.TOKENS, **fields)
+        self.add(inst, reads=reads, writes=[d])
+
+    def rmsnorm(self, norm_region: str, src: str, dst: str) -> None:
+        slot = self.region(self.m.wgt, f"norm{self.norm_uses % 2}")
+        self.norm_uses += 1
+        region = self.hbm.regions[norm_region]
+        self.add(self.memory(Opcode.LOAD, region, Buffer.WGT, slot[1], region.stride, region.row_bytes, rows=1),
+                 writes=[slot])
+        self.compute(Opcode.RMSNORM, dst, src, slot, self.plan.config.hidden_size)
+
+    def requant(self, src: str, dst: str, cols: int) -> None:
+        self.compute(Opcode.REQUANT, dst, src, None, cols)
+
+    def linear(self, spec: LinearSpec, a8: str, dst: str, in_width: int) -> None:
+        out = self.act(dst)
+        for tile in self.m.tiles(spec):
+            self.gemm(tile, self.act(a8), a8_stride(in_width), (Buffer.ACT, out[1] + 4 * tile.n0, out[2]),
+                      4 * spec.out_features)
+
+    def gemm(self, tile: Tile, a8: tuple, a8_row: int, dst: tuple, dst_stride: int) -> None:
+        spec = tile.spec
+        index = self.tile_index
+        slot = self.region(self.m.wgt, f"tile{index % 2}")
+        flags = (Flag.ACC_FIRST if tile.first else 0) | (Flag.ACC_LAST if tile.last else 0)
+        flags |= Flag.HALF_ZERO if spec.half_zero else 0
+        reads, writes = [a8, slot], [dst]
+        if not (tile.first and tile.last):
+            acc = self.region(self.m.out, "acc")
+            reads.append(acc)
+            writes.append(acc)
+        inst = Instruction(Opcode.GEMM, mode=self.gemm_mode(spec), flags=int(flags), sub=spec.bits,
+                           src0_buf=a8[0], src0_addr=a8[1], imm=tile.k0 | (a8_row << 16),
+                           src1_buf=Buffer.WGT, src1_addr=slot[1], dst_buf=dst[0], dst_addr=dst[1],
+                           stride=dst_stride, cols=tile.n1 - tile.n0, depth=tile.k1 - tile.k0,
+                           aux=spec.group_size, rows_src=RowSource.TOKENS)
+        self.add(inst, reads=reads, writes=writes)
+        self.tile_index += 1
+        self.load_tile()
+
+    def decoder_layer(self, layer: int) -> None:
+        c = self.plan.config
+        specs = {s.name: s for s in self.plan.layer_linears(layer)}
+        self.kv_load(layer)
+        self.rmsnorm(f"norm.{layer}.input", "x", "h")
+        self.requant("h", "a8_h", c.hidden_size)
+        for name, dst in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v")):
+            self.linear(specs[name], "a8_h", dst, c.hidden_size)
+        rope = self.region(self.m.wgt, "rope")
+        for name, width in (("q", c.q_dim), ("k", c.kv_dim)):
+            self.compute(Opcode.ROPE, name, name, rope, width, depth=c.head_dim)
+        self.kv_append(layer)
+        self.attention()
+        self.requant("attn", "a8_attn", c.q_dim)
+        self.linear(specs["o_proj"], "a8_attn", "o", c.q_dim)
+        self.compute(Opcode.ADD, "x", "x", self.act("o"), c.hidden_size)
+        self.rmsnorm(f"norm.{layer}.post", "x", "h")
+        self.requant("h", "a8_h", c.hidden_size)
+        self.linear(specs["gate_proj"], "a8_h", "gate", c.hidden_size)
+        self.linear(specs["up_proj"], "a8_h", "up", c.hidden_size)
+        self.compute(Opcode.SILU_MUL, "gate", "gate", self.act("up"), c.intermediate_size)
+        self.requant("gate", "a8_mlp", c.intermediate_size)
+        self.linear(specs["down_proj"], "a8_mlp", "o", c.intermediate_size)
+        self.compute(Opcode.ADD, "x", "x", self.act("o"), c.hidden_size)
+
+    # -- KV cache
+    def streams(self):
+        return (("keys", self.m.keys, "k"), ("values", self.m.values, "v"))
+
+    def kv_transfers(self, layer: int, opcode: Opcode) -> None:
+        for stream, lay, _ in self.streams():
+            base = self.region(self.m.kv, stream)
+            shift = lay.block_tokens.bit_length() - 1 if lay.mode is KvMode.KV4_CHANNEL else 0
+            offsets = {"codes": lay.codes_offset, "stats": lay.stats_offset, "staging": lay.staging_offset}
+            for section, _, row_bytes in kv_sections(lay):
+                region = self.hbm.regions[kv_region_name(layer, stream, section)]
+                addr = base[1] + offsets[section]
+                if section == "staging":
+                    fields = dict(rows=1)
+                elif opcode is Opcode.LOAD:
+                    fields = dict(rows_src=RowSource.HISTORY, block_shift=shift, flags=Flag.BUF_AT_START)
+                else:
+                    fields = dict(rows_src=RowSource.CONTEXT, start_src=StartSource.HISTORY, block_shift=shift,
+                                  flags=Flag.BUF_AT_START)
+                inst = self.memory(opcode, region, Buffer.KV, addr, row_bytes, row_bytes, **fields)
+                if opcode is Opcode.LOAD:
+                    self.add(inst, writes=[base])
+                else:
+                    self.add(inst, reads=[base])
+
+    def kv_load(self, layer: int) -> None:
+        self.kv_transfers(layer, Opcode.LOAD)
+
+    def kv_append(self, layer: int) -> None:
+        c = self.plan.config
+        for stream, lay, src in self.streams():
+            base = self.region(self.m.kv, stream)
+            s = self.act(src)
+            self.add(Instruction(Opcode.KV_QUANT, mode=lay.mode, src0_buf=Buffer.ACT, src0_addr=s[1], dst_buf=Buffer.KV,
+                                 dst_addr=base[1], cols=c.kv_dim, depth=c.head_dim, aux=lay.block_tokens,
+                                 imm=lay.capacity, rows_src=RowSource.TOKENS), reads=[s, base], writes=[base])
+        self.kv_transfers(layer, Opcode.STORE)
+
+    def attention(self) -> None:
+        c = self.plan.config
+        keys, values = self.region(self.m.kv, "keys"), self.region(self.m.kv, "values")
+        q, out = self.act("q"), self.act("attn")
+        mode = int(self.m.keys.mode) | int(self.m.values.mode) << 2
+        self.add(Instruction(Opcode.ATTENTION, mode=mode, src0_buf=Buffer.ACT, src0_addr=q[1], src1_buf=Buffer.KV,
+                             src1_addr=keys[1], stride=values[1], dst_buf=Buffer.ACT, dst_addr=out[1], cols=c.q_dim,
+                             depth=c.head_dim, sub=c.num_kv_heads, aux=self.m.keys.block_tokens,
+                             imm=self.m.keys.capacity, rows_src=RowSource.TOKENS),
+                 reads=[q, keys, values], writes=[out])
+
+    def lm_head(self) -> None:
+        c = self.plan.config
+        logits = self.hbm.regions["output.logits"]
+        for tile in self.m.tiles(self.plan.lm_head):
+            stage = self.region(self.m.out, f"stage{self.stage_uses % 2}")
+            self.stage_uses += 1
+            width = tile.n1 - tile.n0
+            self.gemm(tile, self.act("a8_h"), a8_stride(c.hidden_size), stage, 4 * width)
+            if tile.last:
+                store = self.memory(Opcode.STORE, logits, Buffer.OUT, stage[1], 4 * width, 4 * width,
+                                    rows_src=RowSource.TOKENS).replace(hbm_offset=logits.offset + 4 * tile.n0)
+                self.add(store, reads=[stage])
+
+
+# ---------------------------------------------------------------- report
+
+
+def build_report(compiled: Compiled) -> dict:
+    """What the scheduler chose: modes, tiles, buffer use, bytes per pseudo-channel, instruction counts."""
+    m, plan = compiled.memory, compiled.plan
+    modes = {}
+    for routine in ROUTINES:
+        prefill = routine == "prefill"
+        sparse = plan.recipe.sparse
+        linear_mode = (GemmMode.GEMM_SPARSE if sparse else GemmMode.GEMM) if prefill else (
+            GemmMode.GEMV_SPARSE if sparse else GemmMode.GEMV)
+        head_mode = GemmMode.GEMM if prefill else GemmMode.GEMV
+        modes[routine] = {"decoder linears": linear_mode.name, "lm_head": head_mode.name,
+                          "attention": f"ATTENTION keys {m.keys.mode.name}, values {m.values.mode.name}"}
+    tiles = {name: {"n_tile": t.n_tile, "k_tile": t.k_tile, "tiles": len(t.tiles),
+                    "tile_bytes": max(x.shape.nbytes for x in t.tiles), "k_split": t.k_split}
+             for name, t in m.tilings.items()}
+    counts = {}
+    for routine, entry in compiled.entries.items():
+        chunk = compiled.instructions[entry["entry"]:entry["entry"] + entry["count"]]
+        counts[routine] = dict(sorted(Counter(i.opcode.name for i in chunk).items()))
+    kinds = Counter()
+    for region in compiled.placement.regions.values():
+        kinds[region.kind] += -(-region.rows // region.ports) * region.stride * region.ports
+    return {
+        "chunk_tokens": m.chunk,
+        "max_context": m.max_context,
+        "modes": modes,
+        "tiles": tiles,
+        "buffers": {b.buffer.name: {"used": b.used, "capacity": b.capacity} for b in m.maps()},
+        "hbm_bytes_per_pc": compiled.placement.bytes_per_pc(),
+        "hbm_bytes_by_kind": dict(kinds),
+        "instructions": counts,
+    }
+
+
+def format_report(report: dict) -> str:
+    """The report as text for the CLI."""
+    lines = [f"prefill chunk C = {report['chunk_tokens']} tokens; dense context up to {report['max_context']} positions"]
+    for routine, modes in report["modes"].items():
+        lines.append(f"{routine}: " + "; ".join(f"{k} {v}" for k, v in modes.items()))
+    lines.append("weight tiles (N x K per tile, tiles per layer, bytes per tile):")
+    for name, t in report["tiles"].items():
+        split = ", K split" if t["k_split"] else ""
+        lines.append(f"  {name:<10} {t['n_tile']:>6} x {t['k_tile']:<6} {t['tiles']:>4} tiles  {t['tile_bytes']:>10,} B{split}")
+    lines.append("on-chip buffers:")
+    for name, b in report["buffers"].items():
+        lines.append(f"  {name:<4} {b['used']:>10,} of {b['capacity']:>10,} bytes ({b['used'] / b['capacity']:.0%})")
+    per_pc = report["hbm_bytes_per_pc"]
+    lines.append(f"HBM: {sum(per_pc):,} bytes over {len(per_pc)} pseudo-channels, "
+                 f"{min(per_pc):,} .. {max(per_pc):,} per pseudo-channel")
+    lines.append("  by kind: " + ", ".join(f"{k} {v:,}" for k, v in report["hbm_bytes_by_kind"].items()))
+    for routine, counts in report["instructions"].items():
+        total = sum(counts.values())
+        lines.append(f"{routine}: {total} instructions (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Dependency tokens from buffer hazards (docs/isa.md, "Dependency tokens").
+
+The scheduler emits instructions in a valid sequential order, each with the buffer byte ranges it
+reads and writes. Here every wait between units is found (read after write, write after read,
+write after write, against the latest conflicting instruction of each other unit) and turned
+into POP/PUSH bits: the producer pushes, the waiter pops — unless an earlier pop of the waiter's
+in-order unit already waited for the producer or a later instruction of its unit. LOAD <-> STORE
+waits go through the first COMPUTE instruction between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmfab.compiler.isa import Instruction, Opcode, Unit
+
+Access = tuple[int, int, int]  # (buffer id, first byte, end byte)
+
+NEIGHBOURS = {(Unit.LOAD, Unit.COMPUTE), (Unit.COMPUTE, Unit.LOAD), (Unit.COMPUTE, Unit.STORE),
+              (Unit.STORE, Unit.COMPUTE)}
+
+
+class SchedulingError(RuntimeError):
+    """The scheduler produced an order its tokens cannot express (a bug, not a user error)."""
+
+
+@dataclass
+class Step:
+    """An instruction with the buffer bytes it reads and writes (upper bounds for register-sized rows)."""
+
+    inst: Instruction
+    reads: list[Access] = field(default_factory=list)
+    writes: list[Access] = field(default_factory=list)
+
+
+def _overlap(a: list[Access], b: list[Access]) -> bool:
+    return any(x[0] == y[0] and x[1] < y[2] and y[1] < x[2] for x in a for y in b)
+
+
+def _conflicts(earlier: Step, later: Step) -> bool:
+    return (_overlap(earlier.writes, later.reads) or _overlap(earlier.reads, later.writes)
+            or _overlap(earlier.writes, later.writes))
+
+
+def hazards(steps: list[Step]) -> list[tuple[int, int]]:
+    """(producer, consumer) index pairs on different units: for each consumer and other unit, the
+    latest earlier instruction of that unit it conflicts with. END waits for the last STORE."""
+    by_unit: dict[Unit, list[int]] = {u: [] for u in Unit}
+    edges = []
+    for index, step in enumerate(steps):
+        unit = step.inst.unit
+        for other, indices in by_unit.items():
+            if other is unit:
+                continue
+            for j in reversed(indices):
+                if _conflicts(steps[j], step) or (step.inst.opcode is Opcode.END and other is Unit.STORE):
+                    edges.append((j, index))
+                    break
+        by_unit[unit].append(index)
+    return edges
+
+
+def assign_tokens(steps: list[Step]) -> list[Instruction]:
+    """The instructions of ``steps`` with POP/PUSH bits that enforce every hazard.
+
+    For each waiting instruction q and producing unit v, the producer p is the latest conflicting
+    instruction of v. Consumers are taken in program order; if p is no later than the producer of
+    the previous token from v to q's unit, q's in-order unit already waited for it; otherwise p
+    pushes and q pops. Pushes then come in v's order and pops in q's unit's order, so the k-th pop
+    takes the k-th push, as the queues are FIFO.
+    """
+    units = [s.inst.unit for s in steps]
+    needs: dict[tuple[int, Unit], int] = {}
+
+    def need(producer: int, consumer: int) -> None:
+        key = (consumer, units[producer])
+        needs[key] = max(needs.get(key, -1), producer)
+
+    for producer, consumer in hazards(steps):
+        if (units[producer], units[consumer]) in NEIGHBOURS:
+            need(producer, consumer)
+            continue
+        relay = next((c for c in range(producer + 1, consumer) if units[c] is Unit.COMPUTE), None)
+        if relay is None:
+            raise SchedulingError(f"instruction {consumer} ({steps[consumer].inst.opcode.name}) waits for "
+                                  f"{producer} ({steps[producer].inst.opcode.name}) with no COMPUTE instruction "
+                                  "between them to relay the token")
+        need(producer, relay)
+        need(relay, consumer)
+    flags = [dict(pop_prev=0, pop_next=0, push_prev=0, push_next=0) for _ in steps]
+    order = [Unit.LOAD, Unit.COMPUTE, Unit.STORE]
+    last_push: dict[tuple[Unit, Unit], int] = {}
+    for (consumer, unit), producer in sorted(needs.items(), key=lambda item: item[0][0]):
+        direction = (unit, units[consumer])
+        if producer <= last_push.get(direction, -1):
+            continue  # the consumer's in-order unit already waited for a later instruction of `unit`
+        toward_next = order.index(units[consumer]) > order.index(unit)
+        flags[producer]["push_next" if toward_next else "push_prev"] = 1
+        flags[consumer]["pop_prev" if toward_next else "pop_next"] = 1
+        last_push[direction] = producer
+    return [s.inst.replace(**f) for s, f in zip(steps, flags)]
