@@ -1,0 +1,354 @@
+"""The instruction-level emulator: the golden model of the engine (docs/isa.md).
+
+It executes a program (llmfab.compiler.program) instruction by instruction on byte-addressed
+models of the four on-chip buffers (sizes from the program's HardwareConfig; an access outside a
+buffer is an error) and of the HBM pseudo-channels (initialised from the program's images). Each
+COMPUTE opcode is one vectorized integer op of llmfab.sim.numerics (sim/emulator_ops.py), so the
+logits equal those of llmfab.sim.integer_model.IntegerModel bit for bit.
+
+Instructions run in program order; the dependency tokens are checked as they go: a POP from an
+empty queue means the three units would deadlock (an error naming the instruction), and tokens
+left at END are an error too. Decoded weight tiles are cached by their HBM address (weights are
+read-only), which makes decode fast enough for real models.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llmfab.compiler.isa import (
+    Buffer,
+    Flag,
+    Instruction,
+    Opcode,
+    Registers,
+    Unit,
+    decode_program,
+    hbm_row,
+    row_range,
+)
+from llmfab.compiler.kv_layout import KvStreamLayout
+from llmfab.compiler.memory_plan import A8_HEADER_BYTES
+from llmfab.compiler.program import Program, ProgramError
+from llmfab.compiler.weight_tiles import TileShape, unpack_tile
+from llmfab.sim.emulator_gemm import PreparedTile
+from llmfab.sim.emulator_ops import HANDLERS
+from llmfab.sim.fixed_point import ACT32
+from llmfab.sim.linear_ops import ActCodes
+
+QUEUES = {  # (unit, bit) -> queue name
+    (Unit.COMPUTE, "pop_prev"): "load->compute", (Unit.LOAD, "push_next"): "load->compute",
+    (Unit.LOAD, "pop_next"): "compute->load", (Unit.COMPUTE, "push_prev"): "compute->load",
+    (Unit.STORE, "pop_prev"): "compute->store", (Unit.COMPUTE, "push_next"): "compute->store",
+    (Unit.COMPUTE, "pop_next"): "store->compute", (Unit.STORE, "push_prev"): "store->compute",
+}
+
+
+class EmulatorError(ProgramError):
+    """The program did something the engine cannot (buffer overflow, deadlock, bad operand)."""
+
+
+@dataclass
+class RunStats:
+    """What one run executed: instructions and bytes per opcode (HBM bytes for LOAD/STORE, buffer
+    bytes read for COMPUTE), and the wall time."""
+
+    routine: str
+    n_tokens: int
+    position: int
+    instructions: Counter = field(default_factory=Counter)
+    bytes: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def total_instructions(self) -> int:
+        return sum(self.instructions.values())
+
+    def to_dict(self) -> dict:
+        return {"routine": self.routine, "n_tokens": self.n_tokens, "position": self.position,
+                "instructions": dict(self.instructions), "bytes": dict(self.bytes), "seconds": self.seconds}
+
+
+class Emulator:
+    """Runs a loaded program's routines on modelled buffers and HBM."""
+
+    def __init__(self, program: Program):
+        if program.shape_only:
+            raise ProgramError(f"{program.folder} was compiled with --shape-only and has no weights; compile the "
+                               "artifact without --shape-only to run it")
+        self.program = program
+        self.manifest = program.manifest
+        self.instructions = decode_program(program.instructions_bytes())
+        engine = program.hardware.engine
+        sizes = {Buffer.WGT: engine.weight_buffer_bytes, Buffer.ACT: engine.activation_buffer_bytes,
+                 Buffer.KV: engine.kv_buffer_bytes, Buffer.OUT: engine.output_buffer_bytes}
+        self.buffers = {b: np.zeros(n, dtype=np.uint8) for b, n in sizes.items()}
+        self.images = [entry for entry in self.manifest["hbm"]["pcs"]]
+        self.hbm: list[np.ndarray] = []
+        for entry in self.images:
+            memory = np.zeros(entry["used_bytes"], dtype=np.uint8)
+            path = program.image_path(entry["pc"])
+            if path is not None:
+                data = np.fromfile(path, dtype=np.uint8)
+                memory[:data.size] = data
+            self.hbm.append(memory)
+        self.tile_cache: dict[tuple, PreparedTile] = {}
+        self.wgt_tags: dict[int, tuple] = {}
+        lim = self.manifest["limits"]
+        self.registers = Registers(0, 0, lim.get("sinks") or 0, lim.get("window") or 0)
+        self.position = 0
+        self.current = 0
+
+    # ------------------------------------------------------------- host interface
+
+    def reset(self) -> None:
+        """Start a new sequence: the runtime regions (KV cache, input, logits) are cleared."""
+        for entry, memory in zip(self.images, self.hbm):
+            memory[entry["image_bytes"]:] = 0
+        for buffer in self.buffers.values():
+            buffer[:] = 0
+        self.wgt_tags.clear()
+        self.position = 0
+
+    def write_tokens(self, token_ids) -> None:
+        """Token ids (at most C of them) -> the input region (int32)."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        limits = self.program.limits
+        if ids.size > limits.max_prefill_tokens:
+            raise ProgramError(f"{ids.size} token ids: the program's input region holds at most "
+                               f"{limits.max_prefill_tokens} (its prefill chunk); write them chunk by chunk")
+        if ids.size and (ids.min() < 0 or ids.max() >= limits.vocab_size):
+            raise ProgramError(f"token ids must lie in 0..{limits.vocab_size - 1}; got {ids.min()}..{ids.max()}")
+        region = self.manifest["io"]["input_ids"]
+        self.hbm[region["pc"]][region["offset"]:region["offset"] + 4 * ids.size] = ids.astype(np.int32).view(np.uint8)
+
+    def start(self, routine: str, n_tokens: int, position: int) -> RunStats:
+        """Set the runtime registers and run ``routine`` from its entry to END."""
+        self.program.limits.check_run(routine, n_tokens, position)
+        if position != self.position:
+            raise ProgramError(f"{routine} at position {position}, but {self.position} tokens are in the cache since "
+                               "the last reset; runs must continue the sequence (or call reset())")
+        entry = self.manifest["routines"][routine]
+        self.registers = Registers(n_tokens, position, self.registers.sinks, self.registers.window)
+        stats = RunStats(routine, n_tokens, position)
+        began = time.perf_counter()
+        queues = Counter()
+        for address in range(entry["entry"], entry["entry"] + entry["count"]):
+            inst = self.instructions[address]
+            self.current = address
+            for bit in ("pop_prev", "pop_next"):
+                if getattr(inst, bit):
+                    name = QUEUES[(inst.unit, bit)]
+                    if not queues[name]:
+                        self.fail(inst, f"pops the {name} token queue, which is empty in program order: the units "
+                                        "would deadlock")
+                    queues[name] -= 1
+            if inst.opcode is Opcode.END:
+                left = {k: v for k, v in queues.items() if v}
+                if left:
+                    self.fail(inst, f"END with tokens left in {left}; every push must be popped")
+                stats.instructions[inst.opcode.name] += 1
+                break
+            stats.bytes[inst.opcode.name] += self.execute(inst)
+            stats.instructions[inst.opcode.name] += 1
+            for bit in ("push_prev", "push_next"):
+                if getattr(inst, bit):
+                    queues[QUEUES[(inst.unit, bit)]] += 1
+        else:
+            raise EmulatorError(f"routine {routine} ran past its last instruction without END")
+        self.position = position + n_tokens
+        stats.seconds = time.perf_counter() - began
+        return stats
+
+    def read_logits(self, n_tokens: int) -> np.ndarray:
+        """int64 ACT32 logits ``[n_tokens, vocab]`` of the last run."""
+        region = self.manifest["io"]["logits"]
+        vocab = self.program.limits.vocab_size
+        if not 1 <= n_tokens <= region["rows"]:
+            raise ProgramError(f"read_logits({n_tokens}): the output region holds 1..{region['rows']} rows")
+        out = np.empty((n_tokens, vocab), dtype=np.int64)
+        for row in range(n_tokens):
+            pc = region["pc"] + row % region["ports"]
+            offset = region["offset"] + (row // region["ports"]) * region["stride"]
+            out[row] = self.hbm[pc][offset:offset + 4 * vocab].view(np.int32)
+        return out
+
+    # ------------------------------------------------------------- execution
+
+    def fail(self, inst: Instruction, message: str):
+        raise EmulatorError(f"instruction {self.current} ({inst.opcode.name}): {message}")
+
+    def execute(self, inst: Instruction) -> int:
+        if inst.opcode in (Opcode.LOAD, Opcode.STORE, Opcode.LOAD_ROWS):
+            return self.transfer(inst)
+        handler = HANDLERS.get(inst.opcode)
+        if handler is None:
+            self.fail(inst, "has no emulator semantics")
+        _, rows = row_range(inst, self.registers)
+        try:
+            return handler(self, inst, rows, self.registers.position)
+        except (IndexError, ValueError, OverflowError) as err:
+            self.fail(inst, str(err))
+
+    def buffer(self, buf: int) -> np.ndarray:
+        try:
+            return self.buffers[Buffer(buf)]
+        except (ValueError, KeyError):
+            raise EmulatorError(f"instruction {self.current}: buffer id {buf} does not exist") from None
+
+    def _check(self, buf: int, start: int, end: int) -> np.ndarray:
+        memory = self.buffer(buf)
+        if start < 0 or end > memory.size:
+            raise EmulatorError(f"instruction {self.current} ({self.instructions[self.current].opcode.name}): "
+                                f"bytes {start}..{end} of the {Buffer(buf).name} buffer, which holds {memory.size:,} bytes")
+        return memory
+
+    def span(self, buf: int, addr: int, nbytes: int) -> np.ndarray:
+        """A view of ``nbytes`` bytes of a buffer."""
+        return self._check(buf, addr, addr + nbytes)[addr:addr + nbytes]
+
+    def put(self, buf: int, addr: int, data: np.ndarray) -> None:
+        self._check(buf, addr, addr + data.size)[addr:addr + data.size] = data
+        if Buffer(buf) is Buffer.WGT:
+            self._untag(addr, addr + data.size)
+
+    def rows_view(self, buf: int, addr: int, rows: int, row_bytes: int, stride: int) -> np.ndarray:
+        """uint8 view ``[rows, row_bytes]`` with ``stride`` bytes between rows."""
+        if rows == 0:
+            return np.zeros((0, row_bytes), dtype=np.uint8)
+        memory = self._check(buf, addr, addr + (rows - 1) * stride + row_bytes)
+        return np.lib.stride_tricks.as_strided(memory[addr:], shape=(rows, row_bytes), strides=(stride, 1))
+
+    def read_act32(self, buf: int, addr: int, rows: int, cols: int, stride: int = 0) -> np.ndarray:
+        view = self.rows_view(buf, addr, rows, 4 * cols, stride or 4 * cols)
+        return np.ascontiguousarray(view).view(np.int32).astype(np.int64)
+
+    def write_act32(self, buf: int, addr: int, values: np.ndarray, stride: int = 0) -> None:
+        values = np.asarray(values, dtype=np.int64)
+        rows, cols = values.shape
+        if values.size and (values.min() < ACT32.min_int or values.max() > ACT32.max_int):
+            raise OverflowError("result exceeds ACT32")
+        view = self.rows_view(buf, addr, rows, 4 * cols, stride or 4 * cols)
+        view[...] = values.astype(np.int32).view(np.uint8).reshape(rows, 4 * cols)
+
+    def write_a8(self, buf: int, addr: int, act: ActCodes) -> None:
+        rows, n = act.codes.shape
+        stride = A8_HEADER_BYTES + -(-n // 8) * 8
+        view = self.rows_view(buf, addr, rows, A8_HEADER_BYTES + n, stride)
+        header = np.stack([act.scale_mantissa, act.scale_exponent], axis=-1).astype(np.int32)
+        view[:, :A8_HEADER_BYTES] = header.view(np.uint8).reshape(rows, A8_HEADER_BYTES)
+        view[:, A8_HEADER_BYTES:] = act.codes.astype(np.int8).view(np.uint8)
+
+    def read_a8(self, buf: int, addr: int, rows: int, stride: int, k0: int, k: int) -> ActCodes:
+        view = self.rows_view(buf, addr, rows, A8_HEADER_BYTES + k0 + k, stride)
+        header = np.ascontiguousarray(view[:, :A8_HEADER_BYTES]).view(np.int32).astype(np.int64)
+        codes = np.ascontiguousarray(view[:, A8_HEADER_BYTES + k0:]).view(np.int8).astype(np.int64)
+        return ActCodes(codes, header[:, 0], header[:, 1])
+
+    # -- GEMM support
+    def prepared_tile(self, inst: Instruction, shape: TileShape) -> PreparedTile:
+        addr = inst.src1_addr
+        tag = self.wgt_tags.get(addr) if Buffer(inst.src1_buf) is Buffer.WGT else None
+        key = None if tag is None else (tag, shape)
+        if key is not None and key in self.tile_cache:
+            return self.tile_cache[key]
+        raw = self.span(inst.src1_buf, addr, shape.nbytes)
+        tile = PreparedTile(unpack_tile(shape, raw))
+        if key is not None:
+            self.tile_cache[key] = tile
+        return tile
+
+    def accumulator(self, inst: Instruction, rows: int) -> np.ndarray:
+        return self.span(Buffer.OUT, 0, 8 * rows * inst.cols).view(np.int64).reshape(rows, inst.cols)
+
+    def store_accumulator(self, inst: Instruction, values: np.ndarray) -> None:
+        self.put(Buffer.OUT, 0, np.ascontiguousarray(values, dtype=np.int64).view(np.uint8).reshape(-1))
+
+    def check_kv_region(self, inst: Instruction, addr: int, lay: KvStreamLayout) -> None:
+        self._check(inst.dst_buf if inst.opcode is Opcode.KV_QUANT else Buffer.KV, addr, addr + lay.nbytes)
+
+    # -- weight-buffer provenance for the tile cache
+    def _untag(self, start: int, end: int) -> None:
+        for addr in [a for a, tag in self.wgt_tags.items() if a < end and start < a + tag[-1]]:
+            del self.wgt_tags[addr]
+
+    # -- MEMORY opcodes
+    def transfer(self, inst: Instruction) -> int:
+        start, count = row_range(inst, self.registers)
+        if count == 0:
+            return 0
+        memory = self.buffer(inst.buf)
+        base = inst.buf_addr - (0 if inst.flags & Flag.BUF_AT_START else start * inst.buf_stride)
+        if inst.opcode is Opcode.LOAD_ROWS:
+            ids = self.span(inst.ids_buf, inst.ids_addr, 4 * count).view(np.int32)
+            rows = [(int(i), inst.buf_addr + t * inst.buf_stride) for t, i in enumerate(ids)]
+        else:
+            rows = [(r, base + r * inst.buf_stride) for r in range(start, start + count)]
+        lanes = max(inst.sub, 1) if inst.flags & Flag.STRIPED else 1
+        moved = 0
+        if inst.opcode is not Opcode.LOAD_ROWS and lanes > 1 and count > lanes:
+            moved = self._striped_transfer(inst, start, count, base, lanes)
+        else:
+            for row, at in rows:
+                pc, offset = hbm_row(inst, row)
+                hbm = self._hbm(inst, pc, offset, inst.row_bytes)
+                buf = self._check(inst.buf, at, at + inst.row_bytes)
+                if inst.opcode is Opcode.STORE:
+                    hbm[offset:offset + inst.row_bytes] = buf[at:at + inst.row_bytes]
+                else:
+                    buf[at:at + inst.row_bytes] = hbm[offset:offset + inst.row_bytes]
+                moved += inst.row_bytes
+        if inst.opcode is Opcode.STORE:
+            self._invalidate_tiles(inst)
+        elif Buffer(inst.buf) is Buffer.WGT:
+            lo, hi = rows[0][1], rows[-1][1] + inst.row_bytes
+            self._untag(lo, hi)
+            if inst.opcode is Opcode.LOAD:
+                self.wgt_tags[lo] = (inst.pc, inst.hbm_offset, inst.sub, inst.hbm_stride, start, count,
+                                     inst.row_bytes, inst.buf_stride, hi - lo)
+        return moved
+
+    def _hbm(self, inst: Instruction, pc: int, offset: int, nbytes: int) -> np.ndarray:
+        if not 0 <= pc < len(self.hbm):
+            self.fail(inst, f"pseudo-channel {pc} is not used by this program")
+        memory = self.hbm[pc]
+        if offset + nbytes > memory.size:
+            self.fail(inst, f"bytes {offset}..{offset + nbytes} of pseudo-channel {pc}, which holds {memory.size:,}")
+        return memory
+
+    def _striped_transfer(self, inst: Instruction, start: int, count: int, base: int, lanes: int) -> int:
+        """Rows start..start+count-1 spread over ``lanes`` pseudo-channels: one strided copy per lane."""
+        end = start + count
+        self._check(inst.buf, base + start * inst.buf_stride, base + (end - 1) * inst.buf_stride + inst.row_bytes)
+        memory = self.buffer(inst.buf)
+        for lane in range(lanes):
+            first = start + (lane - start) % lanes
+            if first >= end:
+                continue
+            n = (end - 1 - first) // lanes + 1
+            pc, offset = hbm_row(inst, first)
+            hbm = self._hbm(inst, pc, offset + (n - 1) * inst.hbm_stride, inst.row_bytes)
+            hbm_view = np.lib.stride_tricks.as_strided(hbm[offset:], shape=(n, inst.row_bytes),
+                                                       strides=(inst.hbm_stride, 1))
+            at = base + first * inst.buf_stride
+            buf_view = np.lib.stride_tricks.as_strided(memory[at:], shape=(n, inst.row_bytes),
+                                                       strides=(lanes * inst.buf_stride, 1))
+            if inst.opcode is Opcode.STORE:
+                hbm_view[...] = buf_view
+            else:
+                buf_view[...] = hbm_view
+        return count * inst.row_bytes
+
+    def _invalidate_tiles(self, inst: Instruction) -> None:
+        """A STORE into the initialised (weight) part of HBM drops the decoded-tile cache."""
+        _, count = row_range(inst, self.registers)
+        start, _ = row_range(inst, self.registers)
+        for row in (start, start + count - 1):
+            pc, offset = hbm_row(inst, row)
+            if offset < self.images[pc]["image_bytes"]:
+                self.tile_cache.clear()
+                return

@@ -1,0 +1,59 @@
+"""The GEMM instruction's arithmetic on a decoded weight tile, vectorized for the emulator.
+
+Same integers as :func:`llmfab.sim.linear_ops.linear` (docs/numerics.md §4.3, §5.2): group sums
+``P[t, o, g] = Σ q·w`` (checked against the 32-bit group accumulator), the scaled row sum
+``Y = Σ_g P_g·M_g`` (48 bits, accumulated over K tiles) and ``sat32(rshr(Y·A, row_shift − E))``.
+The group sums run as float matmuls, exact because every partial sum is an integer below the
+float's 2**24 (float32) or 2**53 (float64) — :class:`PreparedTile` picks the narrowest exact type
+from the tile's largest weight. A tile is prepared once and cached by the emulator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmfab.sim.fixed_point import ACT_CODE_MAX, check_range
+from llmfab.sim.linear_ops import (
+    GROUP_ACCUMULATOR_BITS,
+    ROW_ACCUMULATOR_BITS,
+    ActCodes,
+    IntegerWeight,
+    shift_saturate,
+)
+
+FLOAT32_EXACT = 1 << 24
+
+
+class PreparedTile:
+    """An IntegerWeight ``[N, K]`` laid out for batched group matmuls ``[G, g, N]``."""
+
+    def __init__(self, weight: IntegerWeight):
+        out, n = weight.values.shape
+        g = weight.group_size
+        self.groups, self.group_size, self.out = n // g, g, out
+        bound = g * ACT_CODE_MAX * int(np.abs(weight.values).max(initial=0))
+        if bound >= 1 << (GROUP_ACCUMULATOR_BITS - 1):
+            raise OverflowError(f"group sums up to {bound} exceed the {GROUP_ACCUMULATOR_BITS}-bit accumulator")
+        self.dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
+        self.weights = np.ascontiguousarray(weight.values.reshape(out, self.groups, g).transpose(1, 2, 0),
+                                            dtype=self.dtype)
+        self.mantissa = np.ascontiguousarray(weight.scale_mantissa.T)  # [G, N]
+        self.row_shift = weight.row_shift
+        self.nbytes = self.weights.nbytes
+
+    def row_sums(self, codes: np.ndarray) -> np.ndarray:
+        """int8 codes ``[T, K]`` -> ``Y = Σ_g P_g·M_g`` as int64 ``[T, N]``."""
+        t = codes.shape[0]
+        q = np.ascontiguousarray(codes.reshape(t, self.groups, self.group_size).transpose(1, 0, 2), dtype=self.dtype)
+        sums = np.matmul(q, self.weights).astype(np.int64)  # [G, T, N]
+        if self.groups == 1:
+            return sums[0] * self.mantissa[0]
+        return np.einsum("gtn,gn->tn", sums, self.mantissa)
+
+
+def finish_rows(rows: np.ndarray, act: ActCodes, row_shift: np.ndarray) -> np.ndarray:
+    """Scaled row sums ``[T, N]`` -> ACT32 outputs with the tokens' activation steps (§5.2)."""
+    check_range(rows, ROW_ACCUMULATOR_BITS, "scaled row sum Y")
+    mantissa = act.scale_mantissa.reshape(-1, 1)
+    shift = row_shift[None, :] - act.scale_exponent.reshape(-1, 1)
+    return shift_saturate(rows * mantissa, shift)
