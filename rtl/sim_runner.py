@@ -49,7 +49,8 @@ TIMESCALE = ("1ns", "1ps")
 # Amaranth's Verilog is correct but trips Verilator's lint on width extension of constants,
 # unused bits, and its always @* processes with a dummy trigger register.
 VERILATOR_BUILD_ARGS = ("-Wno-WIDTH", "-Wno-UNOPTFLAT", "-Wno-CASEINCOMPLETE", "-Wno-UNUSED",
-                        "-Wno-PINCONNECTEMPTY", "-Wno-MULTIDRIVEN", "-Wno-LATCH")
+                        "-Wno-PINCONNECTEMPTY", "-Wno-MULTIDRIVEN", "-Wno-LATCH",
+                        "-Wno-SYMRSVDWORD")  # XRT requires a port named `interrupt`, a C++ word
 VERILATOR_BUILD_JOBS = 1  # the machine is shared; one compiler process keeps others responsive
 LOG_TAIL_LINES = 60
 
