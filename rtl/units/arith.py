@@ -1,0 +1,88 @@
+"""Combinational Amaranth building blocks of the fixed-point primitives (docs/numerics.md §1).
+
+Each function returns an Amaranth value computing, for every input, exactly the integer that its
+namesake in `llmfab.sim.fixed_point` computes. Widths are derived from the operands, so callers
+size their registers from `value.shape()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from amaranth.hdl import Array, Const, Mux, Shape, Value, signed, unsigned
+
+
+def round_shift(value: Value, shift: int) -> Value:
+    """`rshr(v, s)` for a constant `s >= 0`: `(v + 2**(s-1)) >> s` (round half up, arithmetic)."""
+    if shift < 0:
+        raise ValueError("constant round_shift takes a right shift; use left_shift_saturate to widen")
+    if shift == 0:
+        return value
+    return (value + (1 << (shift - 1))) >> shift
+
+
+def round_shift_by(value: Value, shift: Value) -> Value:
+    """`rshr(v, s)` for an unsigned shift signal `s`: `((v >> (s - 1)) + 1) >> 1`, `v` for `s = 0`.
+
+    Equal to `(v + 2**(s-1)) >> s` because `floor(floor(y) / 2) = floor(y / 2)`; it needs one
+    barrel shifter and no variable rounding constant.
+    """
+    shifted = ((value >> (shift - 1)[:len(shift)]) + 1) >> 1
+    return Mux(shift == 0, value, shifted)
+
+
+def saturate(value: Value, bits: int, is_signed: bool = True) -> Value:
+    """Clamp to a `bits`-wide signed (or unsigned) range, as `llmfab.sim.fixed_point.saturate`."""
+    lo = -(1 << (bits - 1)) if is_signed else 0
+    hi = (1 << (bits - 1)) - 1 if is_signed else (1 << bits) - 1
+    return clamp(value, lo, hi)
+
+
+def clamp(value: Value, lo: int, hi: int) -> Value:
+    """`min(max(v, lo), hi)` in the narrowest shape holding `[lo, hi]`."""
+    shape = shape_for(lo, hi)
+    inside = value[:shape.width].as_signed() if shape.signed else value[:shape.width].as_unsigned()
+    return Mux(value > hi, Const(hi, shape), Mux(value < lo, Const(lo, shape), inside))
+
+
+def shape_for(lo: int, hi: int) -> Shape:
+    """The smallest shape holding every integer in `[lo, hi]`."""
+    if lo < 0:
+        return signed(max((-lo - 1).bit_length(), hi.bit_length()) + 1)
+    return unsigned(max(hi.bit_length(), 1))
+
+
+def absolute(value: Value) -> Value:
+    """`|v|` as an unsigned value one bit narrower than a signed input (exact for the minimum)."""
+    width = value.shape().width
+    if not value.shape().signed:
+        return value
+    return Mux(value < 0, -value, value)[:width].as_unsigned()
+
+
+def bit_length(value: Value) -> Value:
+    """Leading-one position plus one of an unsigned value (0 for 0): a log-depth priority encoder."""
+    bits = value.as_unsigned()
+    width = bits.shape().width
+    if width == 1:
+        return bits[0]
+    half = width // 2
+    low, high = bits[:half], bits[half:]
+    high_len = bit_length(high)
+    return Mux(high.any(), high_len + half, bit_length(low))
+
+
+def normalize16(value: Value, leading: Value) -> Value:
+    """The top 16 bits of a positive unsigned `value` whose leading one is at bit `leading`
+    (`normalize_mantissa(m, 16)[0]`): a left barrel shift bringing the leading one to bit 15."""
+    width = max(value.shape().width, 16)
+    distance = (Const(width - 1, unsigned(width.bit_length())) - leading)[:width.bit_length()]
+    aligned = (value.as_unsigned() << distance)[:width]
+    return aligned[width - 16:width]
+
+
+def rom(table: Sequence[int], index: Value) -> Value:
+    """A read-only table lookup (combinational; register its output in the next stage)."""
+    lo, hi = min(table), max(table)
+    shape = shape_for(lo, hi)
+    return Array(Const(int(v), shape) for v in table)[index]
