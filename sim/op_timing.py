@@ -77,6 +77,8 @@ def _transfer(inst: Instruction, regs: Registers, config: HardwareConfig, gather
     cycles = (per_port / (config.hbm_port_bytes_per_cycle * hbm_timing.PC_EFFICIENCY)
               + bursts * hbm_timing.BURST_GAP_CYCLES + hbm_timing.latency_cycles(config))
     first = start if inst.flags & Flag.BUF_AT_START else 0
+    if inst.flags & Flag.RING and regs.window:
+        first = min(first, regs.sinks + regs.window - count)  # slots, not stream positions
     used = inst.buf_addr + (first + count - 1) * inst.buf_stride + inst.row_bytes
     return cycles, float(nbytes), float(max(0, used - _buffer_size(config, inst.buf)))
 
