@@ -3,9 +3,11 @@
 
 One sequence at a time: :meth:`IntegerModel.forward` runs T tokens (prefill, or a decode step
 when T = 1) through embedding -> decoder layers -> final norm -> LM head and returns ACT32 logits,
-advancing an :class:`IntegerCache` whose keys and values are stored as KV4 codes (or as ACT32
-when the model was built without KV4). numpy only; see :mod:`llmfab.sim.integer_weights` for
-building a model from the fake-quant torch model.
+advancing the model's cache whose keys and values are stored as KV4 codes (or as ACT32 when the
+model was built without KV4). Attention is dense (:class:`IntegerCache`, keys stored after RoPE)
+or Λ-shaped (:class:`LambdaCache`: S sinks + W-slot ring, keys stored before RoPE and rotated by
+slot, see :mod:`llmfab.sim.lambda_cache`). numpy only; see :mod:`llmfab.sim.integer_weights` for
+building a model from the fake-quant torch model or an artifact.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from llmfab.sim.attention_ops import (
     kv4_dequantize,
     kv4_quantize,
 )
+from llmfab.sim.kv_ring import LambdaShape
+from llmfab.sim.lambda_cache import LambdaStream, lambda_attention
 from llmfab.sim.linear_ops import IntegerWeight, embed, linear, requantize_per_token
 from llmfab.sim.special_functions import silu
 from llmfab.sim.vector_ops import NormWeight, apply_rope, multiply, residual_add, rmsnorm, rope_tables
@@ -59,6 +63,7 @@ class IntegerModel:
 
     keys / values: KV4 formats of the cache streams, None to keep them as ACT32.
     inv_freq: float64 ``[head_dim/2]`` RoPE frequencies (the compiler turns them into tables).
+    lambda_shape: S sinks and a W window for Λ-shaped attention, None for dense attention.
     """
 
     num_heads: int
@@ -71,39 +76,75 @@ class IntegerModel:
     inv_freq: np.ndarray
     keys: KvStoreFormat | None
     values: KvStoreFormat | None
+    lambda_shape: LambdaShape | None = None
 
-    def new_cache(self) -> "IntegerCache":
-        """An empty cache for one sequence."""
+    def new_cache(self) -> "IntegerCache | LambdaCache":
+        """An empty cache for one sequence (dense, or Λ when the model has a Λ shape)."""
+        if self.lambda_shape is not None:
+            return LambdaCache(len(self.layers), self.lambda_shape, self.keys, self.values)
         return IntegerCache(len(self.layers), self.keys, self.values)
 
-    def forward(self, ids, cache: "IntegerCache | None" = None) -> np.ndarray:
-        """Token ids ``[T]`` -> ACT32 logits ``[T, vocab]``; appends to ``cache`` (a new one if None)."""
+    def forward(self, ids, cache: "IntegerCache | LambdaCache | None" = None) -> np.ndarray:
+        """Token ids ``[T]`` -> ACT32 logits ``[T, vocab]``; appends to ``cache`` (a new one if None).
+
+        Under Λ attention the tokens may come in chunks of any size (a prompt at once, in pieces, or
+        one token per call): the logits are the same integers.
+        """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         cache = self.new_cache() if cache is None else cache
-        positions = np.arange(cache.position, cache.position + ids.shape[0])
-        cos, sin = rope_tables(self.inv_freq, positions)
         constants = AttentionConstants.for_head_dim(self.head_dim)
+        if self.lambda_shape is None:
+            positions = np.arange(cache.position, cache.position + ids.shape[0])
+            cos, sin = rope_tables(self.inv_freq, positions)
+            attends = [dense_attend(streams, cos, sin, constants) for streams in cache.layers]
+        else:
+            cos, sin = rope_tables(self.inv_freq, np.arange(self.lambda_shape.slots))  # slot positions
+            attends = [lambda_attend(streams, cache.position, self.lambda_shape, cos, sin, constants)
+                       for streams in cache.layers]
         x = embed(ids, self.embedding)
-        for layer, streams in zip(self.layers, cache.layers):
-            x = decoder_layer(self, layer, x, streams, cos, sin, constants)
+        for layer, attend in zip(self.layers, attends):
+            x = decoder_layer(self, layer, x, attend)
         cache.position += ids.shape[0]
         return linear(requantize_per_token(rmsnorm(x, self.final_norm)), self.lm_head)
 
 
-def decoder_layer(model: IntegerModel, layer: IntegerLayer, x: np.ndarray, streams, cos, sin,
-                  constants: AttentionConstants) -> np.ndarray:
-    """ACT32 hidden states ``[T, hidden]`` -> ``[T, hidden]`` through one decoder layer (§11)."""
+def dense_attend(streams, cos, sin, constants: AttentionConstants):
+    """Dense attention of one layer: q, k rotated at their stream positions, k stored rotated,
+    causal visibility over every stored key."""
+    key_stream, value_stream = streams
+
+    def attend(q, k, v):
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        key_stream.append(k)
+        value_stream.append(v)
+        keys, values = key_stream.read(), value_stream.read()
+        return attention(q, keys, values, constants, causal_visibility(q.shape[1], keys.shape[1]))
+
+    return attend
+
+
+def lambda_attend(streams, start: int, shape: LambdaShape, cos, sin, constants: AttentionConstants):
+    """Λ attention of one layer: k, v stored unrotated in the sinks + ring, then
+    :func:`~llmfab.sim.lambda_cache.lambda_attention` with the slot-position tables ``cos, sin``."""
+    key_stream, value_stream = streams
+
+    def attend(q, k, v):
+        keys, values = key_stream.extend(k), value_stream.extend(v)
+        return lambda_attention(q, keys, values, start, shape, cos, sin, constants)
+
+    return attend
+
+
+def decoder_layer(model: IntegerModel, layer: IntegerLayer, x: np.ndarray, attend) -> np.ndarray:
+    """ACT32 hidden states ``[T, hidden]`` -> ``[T, hidden]`` through one decoder layer (§11);
+    ``attend(q, k, v)`` maps the unrotated ``[heads, T, head_dim]`` projections to the attention
+    output ``[H, T, head_dim]``, updating the layer's cache."""
     t = x.shape[0]
     normed = requantize_per_token(rmsnorm(x, layer.input_norm))
     q = linear(normed, layer.q_proj).reshape(t, model.num_heads, model.head_dim).transpose(1, 0, 2)
     k = linear(normed, layer.k_proj).reshape(t, model.num_kv_heads, model.head_dim).transpose(1, 0, 2)
     v = linear(normed, layer.v_proj).reshape(t, model.num_kv_heads, model.head_dim).transpose(1, 0, 2)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    key_stream, value_stream = streams
-    key_stream.append(k)
-    value_stream.append(v)
-    keys, values = key_stream.read(), value_stream.read()
-    mixed = attention(q, keys, values, constants, causal_visibility(t, keys.shape[1]))
+    mixed = attend(q, k, v)
     mixed = mixed.transpose(1, 0, 2).reshape(t, -1)
     x = residual_add(x, linear(requantize_per_token(mixed), layer.o_proj))
     normed = requantize_per_token(rmsnorm(x, layer.post_attention_norm))
@@ -155,3 +196,19 @@ class IntegerCache:
     def __init__(self, num_layers: int, keys: KvStoreFormat | None, values: KvStoreFormat | None):
         self.layers = [(KvStream(keys), KvStream(values)) for _ in range(num_layers)]
         self.position = 0
+
+
+class LambdaCache:
+    """Per-layer (key stream, value stream) of the Λ cache (S sink slots + W-slot ring, stored
+    unrotated, :class:`~llmfab.sim.lambda_cache.LambdaStream`) and the stream tokens processed."""
+
+    def __init__(self, num_layers: int, shape: LambdaShape, keys: KvStoreFormat | None,
+                 values: KvStoreFormat | None):
+        self.shape = shape
+        self.layers = [(LambdaStream(shape, keys), LambdaStream(shape, values)) for _ in range(num_layers)]
+        self.position = 0
+
+    def nbytes(self) -> int:
+        """Bytes held by every layer's sinks, ring blocks and staging (constant once S + W + 2B
+        tokens have passed)."""
+        return sum(k.nbytes() + v.nbytes() for k, v in self.layers)

@@ -1,0 +1,211 @@
+"""Λ-shaped attention in the integer model (sim/lambda_cache.py) against the fake-quant torch
+model with quant.lambda_attention, on the tiny random LLaMA with S=2 sinks, a window of W=8 and
+per-channel key blocks of 4 tokens, over a stream of 6 windows.
+
+Metrics as in test_integer_model.py (docs/numerics.md §12). The tiny model's attention is nearly
+uniform, so a position error barely moves its logits; the tests with teeth sharpen attention by
+scaling the float q/k projections before quantization.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llmfab.errors import InputError
+from llmfab.quant.artifact import load_artifact, save_artifact
+from llmfab.quant.checkpoint import load_checkpoint
+from llmfab.quant.kv_cache_4bit import Kv4CacheConfig
+from llmfab.quant.lambda_attention import disable_lambda_attention, enable_lambda_attention
+from llmfab.quant.model import LlamaModel
+from llmfab.quant.recipe import Recipe
+from llmfab.sim import kv_ring, lambda_cache
+from llmfab.sim.fixed_point import ACT32
+from llmfab.sim.integer_model import LambdaCache
+from llmfab.sim.integer_weights import integer_model_from_artifact, integer_model_from_torch, round_to_nearest_model
+from llmfab.sim.kv_ring import BlockLayout, LambdaShape
+
+SHAPE = LambdaShape(sinks=2, window=8)
+BLOCK = 4
+TOKENS = 48  # six windows
+DEFAULT_KV4 = Kv4CacheConfig.named("per_channel", "per_token", block_tokens=BLOCK)
+LAYOUTS = {
+    "act32": None,
+    "kv4": DEFAULT_KV4,
+    "kv4-per-token": Kv4CacheConfig.named("per_token", "per_token", block_tokens=BLOCK),
+    "kv4-per-channel": Kv4CacheConfig.named("per_channel", "per_channel", block_tokens=BLOCK),
+}
+TOLERANCE = {"act32": (0.04, 0.9), "kv4": (0.08, 0.85)}  # (max relative logit error, min top-1), as dense
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_hf_folder):
+    return load_checkpoint(str(tiny_hf_folder), use_cache=False)
+
+
+@pytest.fixture(scope="module")
+def ids(checkpoint):
+    return torch.randint(0, checkpoint.config.vocab_size, (TOKENS,), generator=torch.Generator().manual_seed(0))
+
+
+def compressed(checkpoint, kv4, shape=SHAPE, sharpen: float = 1.0, **options):
+    """(fake-quant torch model with Λ attention, integer model) with the same integer weights;
+    ``sharpen`` scales the float q and k projections (attention logits by its square)."""
+    float_model = LlamaModel.from_checkpoint(checkpoint)
+    for layer in float_model.model.layers:  # new tensors: the checkpoint's weights are shared
+        for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+            projection.weight.data = projection.weight.data * sharpen
+    model = round_to_nearest_model(float_model, **(options or dict(bits=4, group_size=32)))
+    enable_lambda_attention(model, shape.sinks, shape.window, kv4=kv4)
+    return model, integer_model_from_torch(model, kv4, shape)
+
+
+def agreement(model, integer, ids) -> tuple[float, float]:
+    """(max relative logit error, top-1 agreement) of one prefill of ``ids``."""
+    with torch.no_grad():
+        reference = model(ids[None], model.new_cache())[0].double().numpy()
+    emulated = ACT32.to_float(integer.forward(ids.numpy()))
+    relative = np.abs(emulated - reference).max(-1) / np.abs(reference).max(-1)
+    return float(relative.max()), float((emulated.argmax(-1) == reference.argmax(-1)).mean())
+
+
+def off_by_one_query_slot(shape, queries):
+    """A deliberate error: full-ring queries one slot too early."""
+    return np.minimum(np.asarray(queries), shape.slots - 2)
+
+
+@pytest.mark.parametrize("layout", ["act32", "kv4"])
+@pytest.mark.parametrize("options", [
+    dict(bits=4, group_size=32),
+    dict(bits=2, group_size=32, sparse=True, zero_halves=True),
+], ids=["w4g32", "w2g32-2:4-half-zeros"])
+def test_lambda_logits_track_fake_quant(checkpoint, ids, layout, options):
+    model, integer = compressed(checkpoint, LAYOUTS[layout], **options)
+    relative, top1 = agreement(model, integer, ids)
+    bound, least = TOLERANCE[layout]
+    assert relative <= bound and top1 >= least  # measured 0.018-0.044 and >= 0.96
+
+
+@pytest.mark.parametrize("layout", ["act32", "kv4"])
+def test_a_wrong_slot_position_breaks_the_bound(checkpoint, ids, monkeypatch, layout):
+    """With sharpened attention the right slots track torch and a query one slot off does not."""
+    model, integer = compressed(checkpoint, LAYOUTS[layout], sharpen=4.0)
+    bound, _ = TOLERANCE[layout]
+    assert agreement(model, integer, ids)[0] <= bound  # measured 0.021 / 0.044
+    monkeypatch.setattr(kv_ring, "query_positions", off_by_one_query_slot)
+    assert agreement(model, integer, ids)[0] > bound  # measured 0.11 / 0.14
+
+
+def test_dense_attention_does_not_pass_for_lambda(checkpoint, ids):
+    """The window matters: the dense integer model misses Λ torch on sharpened attention."""
+    model, integer = compressed(checkpoint, None, sharpen=4.0)
+    dense = type(integer)(**{**integer.__dict__, "lambda_shape": None})
+    assert agreement(model, integer, ids)[0] <= TOLERANCE["act32"][0]
+    assert agreement(model, dense, ids)[0] > TOLERANCE["act32"][0]
+
+
+def chunked(integer, ids: np.ndarray, sizes) -> np.ndarray:
+    """Logits of ``ids`` fed through one cache in chunks of the given sizes (the last repeats)."""
+    cache, logits, at = integer.new_cache(), [], 0
+    sizes = list(sizes)
+    while at < ids.size:
+        size = sizes.pop(0) if len(sizes) > 1 else sizes[0]
+        logits.append(integer.forward(ids[at : at + size], cache))
+        at += size
+    assert cache.position == ids.size
+    return np.concatenate(logits)
+
+
+CHUNKINGS = ([40], [3], [13, 1], [7, 20, 2])
+
+
+@pytest.mark.parametrize(("shape", "layout"), [
+    *((SHAPE, layout) for layout in LAYOUTS), (LambdaShape(0, 8), "kv4"), (LambdaShape(5, 6), "kv4-per-channel"),
+], ids=str)
+def test_chunked_prefill_equals_decode_steps_bit_for_bit(checkpoint, ids, shape, layout):
+    """Any chunking (whole prompt, chunks of 3, 13 then steps, 7 + 20 + 2s) gives the integers of
+    decode steps; LambdaShape(5, 6) has a sink block (4 of 5 sinks) that fills and a fifth sink
+    that never does."""
+    _, integer = compressed(checkpoint, LAYOUTS[layout], shape)
+    tokens = ids[:40].numpy()
+    steps = chunked(integer, tokens, [1])
+    for sizes in CHUNKINGS:
+        assert np.array_equal(chunked(integer, tokens, sizes), steps), sizes
+
+
+def test_reading_blocks_quantized_before_they_fill_would_break_chunking(checkpoint, ids, monkeypatch):
+    """The causal reading rule is what makes chunks agree: read every block as stored at the end
+    of the chunk (as a plain append-then-read cache would) and chunk boundaries show."""
+    _, integer = compressed(checkpoint, DEFAULT_KV4)
+    tokens = ids[:40].numpy()
+    steps = chunked(integer, tokens, [1])
+    monkeypatch.setattr(lambda_cache, "_forms", lambda timeline, queries: [
+        (timeline.stored, np.ones((queries.size, timeline.index.size), dtype=bool))])
+    assert not np.array_equal(chunked(integer, tokens, [3]), steps)
+
+
+def test_memory_is_constant_in_stream_length(checkpoint, ids):
+    _, integer = compressed(checkpoint, DEFAULT_KV4)
+    cache = integer.new_cache()
+    sizes = {}
+    for end in range(1, 3 * SHAPE.window + 1):
+        integer.forward(ids[end - 1 : end].numpy(), cache)
+        sizes[end] = cache.nbytes()
+    two, three = 2 * SHAPE.window, 3 * SHAPE.window
+    assert sizes[two] == sizes[three] and sizes[two] > sizes[SHAPE.sinks + 1]
+    window = BlockLayout.window(SHAPE, BLOCK)
+    for keys, _ in cache.layers:
+        first, stop = window.held_blocks(three - SHAPE.sinks)
+        assert stop - first <= window.block_slots and keys.stores[-1].blocks.shape[0] == window.block_slots
+
+
+def test_kv4_rounds_keys_before_rope_and_stages_the_unfinished_block(checkpoint, ids):
+    _, integer = compressed(checkpoint, DEFAULT_KV4)
+    cache = integer.new_cache()
+    integer.forward(ids[:17].numpy(), cache)  # sinks 0-1; window blocks 2-5, 6-9, 10-13 and 14-16 staged
+    keys, values = cache.layers[0]
+    sink_store, window_store = keys.stores
+    assert sink_store.staged.shape[1] == 0 and window_store.staged.shape[1] == 3
+    assert window_store.codes.codes.max() <= 15 and window_store.layout.held_blocks(15) == (1, 3)
+    assert values.stores[0].codes.codes.max() <= 15
+
+
+def test_lambda_without_eviction_is_the_dense_model_bit_for_bit(checkpoint, ids):
+    """With S + W >= the stream and an ACT32 cache, keys rotated at their slots equal keys rotated
+    at their positions before storing: Λ and dense agree exactly."""
+    _, integer = compressed(checkpoint, None, LambdaShape(4, 60))
+    dense = type(integer)(**{**integer.__dict__, "lambda_shape": None})
+    assert np.array_equal(integer.forward(ids.numpy()), dense.forward(ids.numpy()))
+
+
+@pytest.fixture(scope="module")
+def artifacts(checkpoint, tmp_path_factory):
+    """{preset: folder} of accllm (Λ 2 + 8, KV4) and w4a8kv4 (dense) artifacts with RTN weights."""
+    folders = {}
+    for preset, options in (("accllm", dict(bits=2, group_size=32, sparse=True)),
+                            ("w4a8kv4", dict(bits=4, group_size=32))):
+        recipe = Recipe.from_preset(preset, group_size=32, **(dict(sinks=2, window=8) if preset == "accllm" else {}))
+        model = round_to_nearest_model(LlamaModel.from_checkpoint(checkpoint), **options)
+        folders[preset] = tmp_path_factory.mktemp("artifact") / preset
+        save_artifact(folders[preset], model, recipe, checkpoint.tokenizer)
+    return folders
+
+
+def test_integer_model_from_artifact_takes_the_recipe_shape(artifacts, ids):
+    artifact = load_artifact(artifacts["accllm"])
+    integer = integer_model_from_artifact(artifact)
+    assert integer.lambda_shape == LambdaShape(2, 8) and integer.keys.per_channel and not integer.values.per_channel
+    assert isinstance(integer.new_cache(), LambdaCache)
+    explicit = integer_model_from_torch(artifact.model, Kv4CacheConfig(), LambdaShape(2, 8))
+    assert np.array_equal(integer.forward(ids.numpy()), explicit.forward(ids.numpy()))
+    disable_lambda_attention(artifact.model)
+    dense = integer_model_from_artifact(load_artifact(artifacts["w4a8kv4"]))
+    assert dense.lambda_shape is None and dense.keys.per_channel
+
+
+def test_artifact_with_an_unmodelled_kv_width_is_refused(artifacts):
+    artifact = load_artifact(artifacts["w4a8kv4"])
+    odd = type(artifact)(**{**artifact.__dict__, "recipe": Recipe.from_preset("w8a8kv8")})
+    with pytest.raises(InputError, match="KV4"):
+        integer_model_from_artifact(odd)
