@@ -1,7 +1,8 @@
 """cocotb models of the buses around the kernel: an AXI4-Lite host and an AXI4 memory.
 
 They run inside a cocotb simulation (import them from a cocotb test module) and reach the
-design's ports by Amaranth's names (`<bundle>__<signal>`, see `rtl.emit.port_name`).
+design's ports by Amaranth's names (`<bundle>__<signal>`, see `rtl.emit.port_name`), or by
+the XRT top's names (`<bundle>_<signal>`) with `separator=XRT_SEPARATOR`.
 
 Timing discipline, the same in every model so they work alike on Icarus and Verilator: inputs
 are driven just after the falling clock edge, and the handshake outcome is sampled in the
@@ -21,20 +22,25 @@ from collections import deque
 from dataclasses import dataclass
 
 import cocotb
+from amaranth.hdl import Shape
 from cocotb.triggers import FallingEdge, ReadOnly
 
 from .interfaces import AXI_BOUNDARY_BYTES, AXI_MAX_BURST_BEATS, Burst, Resp
 
 
-class _Port:
-    """The signals of one bundle: `port.awvalid` is `dut.<bundle>__awvalid`."""
+AMARANTH_SEPARATOR = "__"  # Amaranth core ports: m00_axi__awaddr
+XRT_SEPARATOR = "_"  # the XRT top's ports: m00_axi_awaddr
 
-    def __init__(self, dut, bundle: str):
+
+class _Port:
+    """The signals of one bundle: `port.awvalid` is `dut.<bundle><separator>awvalid`."""
+
+    def __init__(self, dut, bundle: str, separator: str = AMARANTH_SEPARATOR):
         self._dut = dut
-        self._bundle = bundle
+        self._prefix = bundle + separator
 
     def __getattr__(self, name: str):
-        return getattr(self._dut, f"{self._bundle}__{name}")
+        return getattr(self._dut, self._prefix + name)
 
 
 async def _drive_phase(clk) -> None:
@@ -48,8 +54,8 @@ async def _sample_phase() -> None:
 class AxiLiteHost:
     """Drives an AXI4-Lite slave port the way the host (XRT) does: one access at a time."""
 
-    def __init__(self, dut, bundle: str, clk, max_wait_cycles: int = 1000):
-        self.bus = _Port(dut, bundle)
+    def __init__(self, dut, bundle: str, clk, max_wait_cycles: int = 1000, separator: str = AMARANTH_SEPARATOR):
+        self.bus = _Port(dut, bundle, separator)
         self.clk = clk
         self.max_wait_cycles = max_wait_cycles
         for name in ("awvalid", "wvalid", "bready", "arvalid", "rready"):
@@ -99,6 +105,73 @@ class AxiLiteHost:
         raise TimeoutError(f"AXI4-Lite read of 0x{addr:x}: no data in {self.max_wait_cycles} cycles")
 
 
+def pack(layout, **fields: int) -> int:
+    """An integer holding `fields` at their offsets in an Amaranth StructLayout (for payload ports)."""
+    value = 0
+    for name, field_value in fields.items():
+        field = layout[name]
+        value |= (field_value & ((1 << Shape.cast(field.shape).width) - 1)) << field.offset
+    return value
+
+
+class StreamSource:
+    """Drives an Amaranth `stream.Signature` input port (`<bundle>__valid/payload/ready`) from a
+    queue of payloads, with random VALID gaps (`stall`)."""
+
+    def __init__(self, dut, bundle: str, clk, *, stall: float = 0.0, seed: int = 0):
+        self.bus = _Port(dut, bundle)
+        self.clk = clk
+        self.stall = stall
+        self.rng = random.Random(seed)
+        self.queue: deque[int] = deque()
+        self.sent = 0
+        self.bus.valid.value = 0
+        self._task = cocotb.start_soon(self._run())
+
+    def send(self, *payloads: int) -> None:
+        self.queue.extend(payloads)
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue
+
+    async def _run(self) -> None:
+        shown = False
+        while True:
+            await _drive_phase(self.clk)
+            if not shown and self.queue and self.rng.random() >= self.stall:
+                self.bus.payload.value = self.queue[0]
+                shown = True
+            self.bus.valid.value = int(shown)
+            await _sample_phase()
+            if shown and self.bus.ready.value:
+                self.queue.popleft()
+                self.sent += 1
+                shown = False
+
+
+class StreamSink:
+    """Takes payloads from an Amaranth `stream.Signature` output port into `received`, with
+    random READY gaps (`stall`)."""
+
+    def __init__(self, dut, bundle: str, clk, *, stall: float = 0.0, seed: int = 0):
+        self.bus = _Port(dut, bundle)
+        self.clk = clk
+        self.stall = stall
+        self.rng = random.Random(seed)
+        self.received: list[int] = []
+        self.bus.ready.value = 0
+        self._task = cocotb.start_soon(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await _drive_phase(self.clk)
+            self.bus.ready.value = int(self.rng.random() >= self.stall)
+            await _sample_phase()
+            if self.bus.valid.value and self.bus.ready.value:
+                self.received.append(int(self.bus.payload.value))
+
+
 @dataclass(frozen=True)
 class BurstRecord:
     """A burst the memory accepted."""
@@ -114,11 +187,13 @@ class AxiMemory:
     stall: probability that READY (AR, AW, W) or VALID (R, B) is withheld in a cycle.
     read_latency: cycles from an accepted AR to its first R beat.
     error_ranges: [(start, end)) byte ranges that answer SLVERR.
+    Call `check()` at the end of a test: it raises on any recorded protocol violation.
     """
 
     def __init__(self, dut, bundle: str, clk, size: int, *, data_width: int, stall: float = 0.0,
-                 read_latency: int = 2, seed: int = 0, error_ranges: tuple[tuple[int, int], ...] = ()):
-        self.bus = _Port(dut, bundle)
+                 read_latency: int = 2, seed: int = 0, error_ranges: tuple[tuple[int, int], ...] = (),
+                 separator: str = AMARANTH_SEPARATOR):
+        self.bus = _Port(dut, bundle, separator)
         self.clk = clk
         self.mem = bytearray(size)
         self.beat_bytes = data_width // 8

@@ -1,0 +1,47 @@
+"""The XRT kernel top: emitted port names, and the copy shell run as XRT runs it, on both simulators."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from llmfab.boards.hardware import HardwareConfig
+from llmfab.rtl.emit import kernel_sources, top_ports
+from llmfab.rtl.kernel_shell import KernelShell, shell_register_map
+from llmfab.rtl.sim_runner import simulate, simulator_params
+
+PORTS, DATA_WIDTH, MAX_BURST = 2, 64, 16
+TOP = "llmfab_kernel"
+
+
+def test_top_has_xrt_port_names():
+    shell = KernelShell(PORTS, DATA_WIDTH, MAX_BURST)
+    sources = kernel_sources(shell, TOP)
+    header = sources.top.split("\n);\n", 1)[0]
+    names = re.findall(r"(?:input|output)\s+wire\s+(?:\[\d+:0\]\s+)?(\w+)", header)
+    assert names[:2] == ["ap_clk", "ap_rst_n"]
+    assert {"s_axi_control_awaddr", "s_axi_control_rdata", "m00_axi_arlen", "m01_axi_wlast", "interrupt"} <= set(names)
+    assert not any("__" in n for n in names)
+    assert "[63:0] m01_axi_wdata" in header and "[11:0] s_axi_control_araddr" in header
+    assert f"module {TOP}_core" in sources.core and sources.verilog.count("module ") > 2
+    assert [p.name for p in top_ports(shell)] == names[2:]
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_shell_for_a_config_follows_its_engine():
+    config = HardwareConfig.from_preset("u280-small")
+    shell = KernelShell.for_config(config)
+    assert shell.ports == config.engine.hbm_ports
+    assert [a.name for a in shell.register_map.arguments][-3:] == ["src_offset", "dst_offset", "beats"]
+    assert shell_register_map(config.engine.hbm_ports)["hbm1"].master == "m01_axi"
+    with pytest.raises(ValueError, match="at least one HBM port"):
+        KernelShell(0, 64, 16)
+
+
+@pytest.mark.parametrize("simulator", simulator_params())
+def test_kernel_shell_copies_as_xrt_drives_it(simulator):
+    sources = kernel_sources(KernelShell(PORTS, DATA_WIDTH, MAX_BURST), TOP)
+    result = simulate(sources.verilog, toplevel=TOP, test_module="llmfab.tests.rtl.cocotb_kernel_shell",
+                      simulator=simulator, extra_env={"KERNEL_PORTS": str(PORTS), "KERNEL_MAX_BURST": str(MAX_BURST)})
+    assert len(result.tests) == 3
