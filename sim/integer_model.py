@@ -3,8 +3,8 @@
 
 One sequence at a time: :meth:`IntegerModel.forward` runs T tokens (prefill, or a decode step
 when T = 1) through embedding -> decoder layers -> final norm -> LM head and returns ACT32 logits,
-advancing the model's cache whose keys and values are stored as KV4 codes (or as ACT32 when the
-model was built without KV4). Attention is dense (:class:`IntegerCache`, keys stored after RoPE)
+advancing the model's cache whose keys and values are stored as KV4 or KV8 codes (or as ACT32
+when the model was built without a quantized cache). Attention is dense (:class:`IntegerCache`, keys stored after RoPE)
 or Λ-shaped (:class:`LambdaCache`: S sinks + W-slot ring, keys stored before RoPE and rotated by
 slot, see :mod:`llmfab.sim.lambda_cache`). numpy only; see :mod:`llmfab.sim.integer_weights` for
 building a model from the fake-quant torch model or an artifact.
@@ -36,10 +36,12 @@ class KvStoreFormat:
 
     per_channel: statistics per (head, channel) over blocks of ``block_tokens`` tokens, the
     unfinished block waiting unquantized (ACT32); otherwise per (head, token) over head_dim.
+    bits: code width, 4 (KV4) or 8 (KV8).
     """
 
     per_channel: bool
     block_tokens: int = 32
+    bits: int = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +63,7 @@ class IntegerLayer:
 class IntegerModel:
     """A compressed model in the engine's integer formats.
 
-    keys / values: KV4 formats of the cache streams, None to keep them as ACT32.
+    keys / values: KV4/KV8 formats of the cache streams, None to keep them as ACT32.
     inv_freq: float64 ``[head_dim/2]`` RoPE frequencies (the compiler turns them into tables).
     lambda_shape: S sinks and a W window for Λ-shaped attention, None for dense attention.
     """
@@ -171,7 +173,7 @@ class KvStream:
             self._stored.append(x)
             return
         if not self.fmt.per_channel:
-            block = kv4_quantize(x, axis=-1)
+            block = kv4_quantize(x, axis=-1, bits=self.fmt.bits)
             self.blocks.append(block)
             self._stored.append(kv4_dequantize(block))
             return
@@ -179,7 +181,7 @@ class KvStream:
         size = self.fmt.block_tokens
         full = staged.shape[1] // size * size
         for start in range(0, full, size):
-            block = kv4_quantize(staged[:, start : start + size], axis=1)
+            block = kv4_quantize(staged[:, start : start + size], axis=1, bits=self.fmt.bits)
             self.blocks.append(block)
             self._stored.append(kv4_dequantize(block))
         self.pending = staged[:, full:]

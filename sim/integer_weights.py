@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from llmfab.errors import InputError
-from llmfab.quant.kv4 import Kv4Config, KvGranularity
+from llmfab.quant.kv4 import KvGranularity
 from llmfab.quant.kv_cache_4bit import Kv4CacheConfig
 from llmfab.quant.model import LlamaModel, iter_linears, replace_linear
 from llmfab.quant.qlinear import QuantLinear, quantize_embeddings
-from llmfab.quant.recipe import FLOAT_BITS, Recipe
+from llmfab.quant.recipe import kv4_cache_config
 from llmfab.quant.weight_quant import GroupQuantConfig, ScaleInit, ZeroPoint, quantize_groupwise
 from llmfab.sim.integer_model import IntegerLayer, IntegerModel, KvStoreFormat
 from llmfab.sim.kv_ring import LambdaShape
@@ -45,34 +45,22 @@ def integer_weight(module, name: str) -> IntegerWeight:
 
 
 def kv_store_format(config) -> KvStoreFormat:
-    """A quant-side Kv4Config -> :class:`KvStoreFormat` (4-bit codes only)."""
-    bits = getattr(config, "bits", 4)
-    if bits != 4:
-        raise InputError(f"the integer model stores KV caches in 4 bits, not {bits}; use a KV4 cache config")
-    return KvStoreFormat(config.granularity is KvGranularity.PER_CHANNEL, config.block_tokens)
+    """A quant-side Kv4Config (4- or 8-bit codes) -> :class:`KvStoreFormat`."""
+    return KvStoreFormat(config.granularity is KvGranularity.PER_CHANNEL, config.block_tokens, config.bits)
 
 
 def integer_model_from_artifact(artifact) -> IntegerModel:
     """The integer model of a loaded artifact (:func:`llmfab.quant.artifact.load_artifact`), with the
     KV cache format and attention shape (dense, or Λ with S sinks and a W window) of its recipe."""
-    recipe: Recipe = artifact.recipe
-    if recipe.kv_bits == 4:
-        kv4 = Kv4CacheConfig(Kv4Config(recipe.kv_key_granularity), Kv4Config(recipe.kv_value_granularity))
-    elif recipe.kv_bits == FLOAT_BITS:
-        kv4 = None
-    else:
-        raise InputError(
-            f"artifact {artifact.folder} stores its KV cache in {recipe.kv_bits} bits; the integer model "
-            f"implements KV4 and an unquantized (ACT32) cache only: quantize with --kv-bits 4 or {FLOAT_BITS}"
-        )
+    recipe = artifact.recipe
     shape = LambdaShape(recipe.sinks, recipe.window) if recipe.lambda_attention else None
-    return integer_model_from_torch(artifact.model, kv4, shape)
+    return integer_model_from_torch(artifact.model, kv4_cache_config(recipe), shape)
 
 
 @torch.no_grad()
 def integer_model_from_torch(model: LlamaModel, kv4: Kv4CacheConfig | None = Kv4CacheConfig(),
                              lambda_shape: LambdaShape | None = None) -> IntegerModel:
-    """Convert a compressed fake-quant ``model``; ``kv4`` None keeps the cache in ACT32;
+    """Convert a compressed fake-quant ``model``; ``kv4`` (4- or 8-bit codes) None keeps the cache in ACT32;
     ``lambda_shape`` (S sinks, W window) makes attention Λ-shaped, as
     :func:`llmfab.quant.lambda_attention.enable_lambda_attention` does in torch."""
     config = model.config

@@ -1,11 +1,11 @@
 """The integer model's Λ cache and Λ attention (docs/numerics.md §13).
 
-Per layer, keys and values are stored *unrotated* in S sink slots plus a W-slot ring, in KV4 (or
-ACT32), with the slot arithmetic of :mod:`llmfab.sim.kv_ring`:
+Per layer, keys and values are stored *unrotated* in S sink slots plus a W-slot ring, as KV4 or
+KV8 codes (or ACT32), with the slot arithmetic of :mod:`llmfab.sim.kv_ring`:
 
-- per-token KV4 and ACT32 streams: one array of S + W token slots (:func:`~llmfab.sim.kv_ring.token_slot`),
+- per-token and ACT32 streams: one array of S + W token slots (:func:`~llmfab.sim.kv_ring.token_slot`),
   a token quantized as it is stored;
-- per-channel KV4 streams: the sinks and the window ring each as blocks of B tokens in block
+- per-channel streams: the sinks and the window ring each as blocks of B tokens in block
   slots (:class:`~llmfab.sim.kv_ring.BlockLayout`); a block is quantized when its last token is
   stored, the unfinished block waits in ACT32 staging, whole blocks are evicted.
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from llmfab.sim.integer_model import KvStoreFormat
 
 ACT32_BYTES = 4  # one ACT32 value, scale or offset
-KV4_CODES_PER_BYTE = 2
 QUERIES_PER_CALL = 16  # full-ring queries attended per call (bounds the gathered keys' memory)
 
 
@@ -67,11 +66,16 @@ class Timeline:
         return Timeline(keys, self.raw[:, at], self.stored[:, at], self.ready_at[at])
 
 
-class TokenSlots:
-    """Per-token KV4 (``quantize``) or ACT32 stream in S + W token slots."""
+def code_bytes(values: int, bits: int) -> int:
+    """Bytes of ``values`` packed ``bits``-bit codes."""
+    return values * bits // 8
 
-    def __init__(self, shape: LambdaShape, quantize: bool):
-        self.shape, self.quantize = shape, quantize
+
+class TokenSlots:
+    """Per-token ``bits``-bit codes (None: ACT32 values) of one stream in S + W token slots."""
+
+    def __init__(self, shape: LambdaShape, bits: int | None):
+        self.shape, self.bits = shape, bits
         self.appended = 0
         self.codes: Kv4Codes | None = None  # [KV, S+W, D] codes, [KV, S+W, 1] scale and offset
         self.values: np.ndarray | None = None  # [KV, S+W, D] ACT32 as read
@@ -80,7 +84,7 @@ class TokenSlots:
         """Store tokens ``x`` [KV, n, D] (stream indices ``appended ..``); return the held and new tokens."""
         start, n = self.appended, x.shape[1]
         held = self._held(start)
-        codes = kv4_quantize(x, axis=-1) if self.quantize else None
+        codes = None if self.bits is None else kv4_quantize(x, axis=-1, bits=self.bits)
         stored = x if codes is None else kv4_dequantize(codes)
         old = self.values[:, kv_ring.token_slot(self.shape, held)] if held.size else stored[:, :0]
         index = np.concatenate([held, np.arange(start, start + n)])
@@ -112,16 +116,16 @@ class TokenSlots:
         if self.values is None:
             return 0
         kv, _, d = self.values.shape
-        per_token = d // KV4_CODES_PER_BYTE + 2 * ACT32_BYTES if self.quantize else d * ACT32_BYTES
+        per_token = d * ACT32_BYTES if self.bits is None else code_bytes(d, self.bits) + 2 * ACT32_BYTES
         return kv * self._held(self.appended).size * per_token
 
 
 class BlockSlots:
-    """One per-channel KV4 store (the sinks or the window ring): blocks of B tokens in
-    ``layout.block_slots`` block slots and an ACT32 staging buffer for the unfinished block."""
+    """One per-channel store of ``bits``-bit codes (the sinks or the window ring): blocks of B
+    tokens in ``layout.block_slots`` block slots and an ACT32 staging buffer for the unfinished block."""
 
-    def __init__(self, layout: BlockLayout):
-        self.layout = layout
+    def __init__(self, layout: BlockLayout, bits: int):
+        self.layout, self.bits = layout, bits
         self.appended = 0  # tokens of this store so far
         self.codes: Kv4Codes | None = None  # [slots, KV, B, D] codes, [slots, KV, 1, D] scale and offset
         self.blocks: np.ndarray | None = None  # [slots, KV, B, D] ACT32 as read
@@ -135,7 +139,7 @@ class BlockSlots:
         held = self._read_blocks(first, stop, like=x)
         waiting = np.concatenate([staged, x], axis=1)
         full = waiting.shape[1] // b * b
-        new_codes = [kv4_quantize(waiting[:, s : s + b], axis=1) for s in range(0, full, b)]
+        new_codes = [kv4_quantize(waiting[:, s : s + b], axis=1, bits=self.bits) for s in range(0, full, b)]
         quantized = [kv4_dequantize(c) for c in new_codes]
         raw = np.concatenate([held, waiting], axis=1)
         stored = np.concatenate([held, *quantized, waiting[:, full:]], axis=1)
@@ -170,7 +174,7 @@ class BlockSlots:
         if self.blocks is not None:
             first, stop = self.layout.held_blocks(self.appended)
             _, kv, b, d = self.blocks.shape
-            total += (stop - first) * kv * (b * d // KV4_CODES_PER_BYTE + 2 * d * ACT32_BYTES)
+            total += (stop - first) * kv * (code_bytes(b * d, self.bits) + 2 * d * ACT32_BYTES)
         if self.staged is not None:
             total += self.staged.size * ACT32_BYTES
         return total
@@ -180,15 +184,15 @@ class LambdaStream:
     """One layer's keys or values: sinks plus window ring in the given format."""
 
     def __init__(self, shape: LambdaShape, fmt: "KvStoreFormat | None"):
-        """``fmt`` None stores ACT32; otherwise KV4 per token or in per-channel blocks."""
+        """``fmt`` None stores ACT32; otherwise codes per token or in per-channel blocks."""
         self.shape = shape
         self.appended = 0
         if fmt is not None and fmt.per_channel:
-            self.stores = [BlockSlots(BlockLayout.window(shape, fmt.block_tokens))]
+            self.stores = [BlockSlots(BlockLayout.window(shape, fmt.block_tokens), fmt.bits)]
             if shape.sinks:
-                self.stores.insert(0, BlockSlots(BlockLayout.sinks(shape, fmt.block_tokens)))
+                self.stores.insert(0, BlockSlots(BlockLayout.sinks(shape, fmt.block_tokens), fmt.bits))
         else:
-            self.stores = [TokenSlots(shape, quantize=fmt is not None)]
+            self.stores = [TokenSlots(shape, None if fmt is None else fmt.bits)]
 
     def extend(self, x: np.ndarray) -> Timeline:
         """Store the next tokens ``x`` [KV, n, D]; return what the chunk's queries can read."""

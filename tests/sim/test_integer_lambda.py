@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from llmfab.errors import InputError
 from llmfab.quant.artifact import load_artifact, save_artifact
 from llmfab.quant.checkpoint import load_checkpoint
 from llmfab.quant.kv_cache_4bit import Kv4CacheConfig
@@ -35,8 +34,10 @@ LAYOUTS = {
     "kv4": DEFAULT_KV4,
     "kv4-per-token": Kv4CacheConfig.named("per_token", "per_token", block_tokens=BLOCK),
     "kv4-per-channel": Kv4CacheConfig.named("per_channel", "per_channel", block_tokens=BLOCK),
+    "kv8": Kv4CacheConfig.named("per_channel", "per_token", block_tokens=BLOCK, bits=8),
 }
-TOLERANCE = {"act32": (0.04, 0.9), "kv4": (0.08, 0.85)}  # (max relative logit error, min top-1), as dense
+# (max relative logit error, min top-1), as for dense attention; KV8 held to the KV4 bound
+TOLERANCE = {"act32": (0.04, 0.9), "kv4": (0.08, 0.85), "kv8": (0.08, 0.85)}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def off_by_one_query_slot(shape, queries):
     return np.minimum(np.asarray(queries), shape.slots - 2)
 
 
-@pytest.mark.parametrize("layout", ["act32", "kv4"])
+@pytest.mark.parametrize("layout", ["act32", "kv4", "kv8"])
 @pytest.mark.parametrize("options", [
     dict(bits=4, group_size=32),
     dict(bits=2, group_size=32, sparse=True, zero_halves=True),
@@ -204,8 +205,13 @@ def test_integer_model_from_artifact_takes_the_recipe_shape(artifacts, ids):
     assert dense.lambda_shape is None and dense.keys.per_channel
 
 
-def test_artifact_with_an_unmodelled_kv_width_is_refused(artifacts):
+@pytest.mark.parametrize(("preset", "bits"), [("w8a8kv8", 8), ("accllm", 4)])
+def test_artifact_kv_width_and_float_cache_follow_the_recipe(artifacts, ids, preset, bits):
     artifact = load_artifact(artifacts["w4a8kv4"])
-    odd = type(artifact)(**{**artifact.__dict__, "recipe": Recipe.from_preset("w8a8kv8")})
-    with pytest.raises(InputError, match="KV4"):
-        integer_model_from_artifact(odd)
+    recipe = Recipe.from_preset(preset, **(dict(sinks=2, window=8) if preset == "accllm" else {}))
+    for kv_bits, expected in ((recipe.kv_bits, bits), (16, None)):
+        relabelled = type(artifact)(**{**artifact.__dict__, "recipe": Recipe.from_preset(
+            preset, kv_bits=kv_bits, **(dict(sinks=2, window=8) if preset == "accllm" else {}))})
+        integer = integer_model_from_artifact(relabelled)
+        assert (None if integer.keys is None else integer.keys.bits) == expected
+        assert integer.forward(ids[:12].numpy()).shape == (12, artifact.config.vocab_size)
