@@ -22,6 +22,7 @@ from llmfab.compiler.isa import Buffer, Instruction, Opcode, Registers, Unit
 from llmfab.errors import InputError
 
 from . import cycle_queues, op_timing
+from .hbm_timing import DEFAULT_HBM_TIMING, HbmTiming
 from .op_timing import OpCost
 
 class CycleModelError(InputError):
@@ -63,9 +64,11 @@ class RoutineTiming:
 class RoutineTimer:
     """Times routines of one instruction stream on one hardware config, caching fixed costs."""
 
-    def __init__(self, instructions: Sequence[Instruction], config: HardwareConfig, num_layers: int | None = None):
+    def __init__(self, instructions: Sequence[Instruction], config: HardwareConfig, num_layers: int | None = None,
+                 hbm: HbmTiming = DEFAULT_HBM_TIMING):
         self.instructions = list(instructions)
         self.config = config
+        self.hbm = hbm
         self.num_layers = num_layers
         self._static: dict[int, OpCost] = {}
         self._routines: dict[int, np.ndarray] = {}
@@ -87,10 +90,10 @@ class RoutineTimer:
     def cost(self, address: int, regs: Registers) -> OpCost:
         inst = self.instructions[address]
         if op_timing.depends_on_registers(inst):
-            return op_timing.op_cost(inst, regs, self.config)
+            return op_timing.op_cost(inst, regs, self.config, self.hbm)
         cached = self._static.get(address)
         if cached is None:
-            cached = self._static[address] = op_timing.op_cost(inst, regs, self.config)
+            cached = self._static[address] = op_timing.op_cost(inst, regs, self.config, self.hbm)
         return cached
 
     def time(self, entry: int, regs: Registers) -> RoutineTiming:

@@ -16,9 +16,10 @@ import math
 from dataclasses import dataclass
 
 from llmfab.boards.hardware import HardwareConfig, Mode
-from llmfab.compiler.isa import Buffer, Flag, GemmMode, Instruction, Opcode, Registers, row_range
+from llmfab.compiler.isa import Buffer, Flag, GemmMode, Instruction, Opcode, Registers, StartSource, row_range
 
 from . import hbm_timing
+from .hbm_timing import DEFAULT_HBM_TIMING, HbmTiming
 
 # Pipeline fill/drain of one COMPUTE instruction (operand fetch, adder tree, write-back).
 COMPUTE_PIPELINE_CYCLES = 16
@@ -55,13 +56,18 @@ def _buffer_size(config: HardwareConfig, buf: int) -> int:
 
 
 def _memory_rows(inst: Instruction, regs: Registers) -> tuple[int, int]:
+    """(first row, rows) of a transfer. A RING transfer reading a Λ stream from its start reads
+    the slots in use, at most S + W stream positions (before the block shift)."""
     start, count = row_range(inst, regs)
-    if inst.flags & Flag.RING and regs.window:
-        count = min(count, regs.sinks + regs.window)  # a Λ stream holds at most S + W slots
+    if inst.flags & Flag.RING and regs.window and StartSource(inst.start_src) is StartSource.ZERO:
+        end = min(regs.value(inst.rows_src, inst.rows), regs.sinks + regs.window)
+        shift = inst.block_shift
+        count = -((-end) >> shift) if inst.end_ceil else end >> shift
     return start, count
 
 
-def _transfer(inst: Instruction, regs: Registers, config: HardwareConfig, gather: bool) -> tuple[float, float, float]:
+def _transfer(inst: Instruction, regs: Registers, config: HardwareConfig, gather: bool,
+              hbm: HbmTiming) -> tuple[float, float, float]:
     """(cycles, bytes, bytes past the buffer end) of a MEMORY instruction."""
     start, count = _memory_rows(inst, regs)
     nbytes = count * inst.row_bytes
@@ -74,30 +80,33 @@ def _transfer(inst: Instruction, regs: Registers, config: HardwareConfig, gather
     burst = hbm_timing.burst_bytes(config)
     contiguous = inst.hbm_stride == inst.row_bytes and not gather
     bursts = math.ceil(per_port / burst) if contiguous else rows_per_port * math.ceil(inst.row_bytes / burst)
-    cycles = (per_port / (config.hbm_port_bytes_per_cycle * hbm_timing.PC_EFFICIENCY)
-              + bursts * hbm_timing.BURST_GAP_CYCLES + hbm_timing.latency_cycles(config))
+    cycles = hbm_timing.port_transfer_cycles(config, per_port, bursts, hbm)
     first = start if inst.flags & Flag.BUF_AT_START else 0
     if inst.flags & Flag.RING and regs.window:
-        first = min(first, regs.sinks + regs.window - count)  # slots, not stream positions
+        slots = (regs.sinks + regs.window + (1 << inst.block_shift) - 1) >> inst.block_shift
+        first = max(0, min(first, slots - count))  # slots, not stream positions
     used = inst.buf_addr + (first + count - 1) * inst.buf_stride + inst.row_bytes
     return cycles, float(nbytes), float(max(0, used - _buffer_size(config, inst.buf)))
 
 
-def load_cost(inst: Instruction, regs: Registers, config: HardwareConfig) -> OpCost:
+def load_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
+              hbm: HbmTiming = DEFAULT_HBM_TIMING) -> OpCost:
     """LOAD: rows of `row_bytes` over 1 port, or over `sub` ports when STRIPED (see hbm_timing)."""
-    cycles, nbytes, overflow = _transfer(inst, regs, config, gather=False)
+    cycles, nbytes, overflow = _transfer(inst, regs, config, False, hbm)
     return OpCost(cycles, hbm_read_bytes=nbytes, buffer_overflow_bytes=overflow)
 
 
-def load_rows_cost(inst: Instruction, regs: Registers, config: HardwareConfig) -> OpCost:
+def load_rows_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
+                   hbm: HbmTiming = DEFAULT_HBM_TIMING) -> OpCost:
     """LOAD_ROWS: a gather, so every row starts its own bursts."""
-    cycles, nbytes, overflow = _transfer(inst, regs, config, gather=True)
+    cycles, nbytes, overflow = _transfer(inst, regs, config, True, hbm)
     return OpCost(cycles, hbm_read_bytes=nbytes, buffer_overflow_bytes=overflow)
 
 
-def store_cost(inst: Instruction, regs: Registers, config: HardwareConfig) -> OpCost:
+def store_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
+               hbm: HbmTiming = DEFAULT_HBM_TIMING) -> OpCost:
     """STORE: as LOAD, writing."""
-    cycles, nbytes, _ = _transfer(inst, regs, config, gather=False)
+    cycles, nbytes, _ = _transfer(inst, regs, config, False, hbm)
     return OpCost(cycles, hbm_write_bytes=nbytes)
 
 
@@ -230,9 +239,16 @@ OPCODE_TIMING = {
 }
 
 
-def op_cost(inst: Instruction, regs: Registers, config: HardwareConfig) -> OpCost:
+MEMORY_TIMING = {Opcode.LOAD, Opcode.LOAD_ROWS, Opcode.STORE}
+
+
+def op_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
+            hbm: HbmTiming = DEFAULT_HBM_TIMING) -> OpCost:
     """The cost of any instruction (dispatch on its opcode)."""
-    return OPCODE_TIMING[Opcode(inst.opcode)](inst, regs, config)
+    opcode = Opcode(inst.opcode)
+    if opcode in MEMORY_TIMING:
+        return OPCODE_TIMING[opcode](inst, regs, config, hbm)
+    return OPCODE_TIMING[opcode](inst, regs, config)
 
 
 def depends_on_registers(inst: Instruction) -> bool:

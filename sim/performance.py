@@ -20,6 +20,7 @@ import numpy as np
 from llmfab.boards.hardware import Mode
 
 from . import hbm_timing
+from .hbm_timing import DEFAULT_HBM_TIMING, HbmTiming
 from .cycle_model import RoutineTimer, RoutineTiming
 from .cycle_program import TimedProgram
 from .power_model import Activity, PowerEstimate, estimate_power
@@ -30,9 +31,10 @@ PREFILL_SAMPLES = 12
 class Simulator:
     """Times the routines of one program; reuse it for sweeps (fixed costs are cached)."""
 
-    def __init__(self, program: TimedProgram):
+    def __init__(self, program: TimedProgram, hbm: HbmTiming = DEFAULT_HBM_TIMING):
         self.program = program
-        self.timer = RoutineTimer(program.instructions, program.hardware, program.config.num_layers)
+        self.hbm = hbm
+        self.timer = RoutineTimer(program.instructions, program.hardware, program.config.num_layers, hbm)
 
     def decode(self, context: int, check: bool = True) -> RoutineTiming:
         """One decode step with `context` tokens already cached."""
@@ -77,11 +79,11 @@ class Bounds:
     compute_cycles: float  # work of the busiest datapath at its peak rate
 
 
-def bounds(timing: RoutineTiming, program: TimedProgram) -> Bounds:
+def bounds(timing: RoutineTiming, program: TimedProgram, hbm: HbmTiming = DEFAULT_HBM_TIMING) -> Bounds:
     hw = program.hardware
     compute = max((timing.macs_by_mode.get(m, 0.0) / hw.macs_per_cycle(m) for m in Mode), default=0.0)
     return Bounds(hbm_peak_cycles=timing.hbm_bytes / hw.peak_hbm_bytes_per_cycle,
-                  hbm_sustained_cycles=timing.hbm_bytes / hbm_timing.sustained_bytes_per_cycle(hw),
+                  hbm_sustained_cycles=timing.hbm_bytes / hbm_timing.sustained_bytes_per_cycle(hw, hbm),
                   compute_cycles=compute)
 
 
@@ -96,7 +98,7 @@ def summary(program: TimedProgram, context: int, prompt_tokens: int, simulator: 
     hw = program.hardware
     decode = sim.decode(context)
     seconds = decode.seconds
-    b = bounds(decode, program)
+    b = bounds(decode, program, sim.hbm)
     power = power_of(decode, program)
     prefill_cycles, prefill_bytes, chunks_timed = sim.prefill(prompt_tokens)
     prefill_seconds = prefill_cycles / hw.clock_hz
