@@ -181,34 +181,38 @@ class BlockSlots:
 
 
 class LambdaStream:
-    """One layer's keys or values: sinks plus window ring in the given format."""
+    """One layer's keys or values: sinks plus window ring in the given format.
+
+    Per-channel streams keep two block stores, ``sinks`` (None when S = 0) and ``window``; other
+    streams keep sinks and ring in one :class:`TokenSlots` (``window``, ``sinks`` None).
+    """
 
     def __init__(self, shape: LambdaShape, fmt: "KvStoreFormat | None"):
         """``fmt`` None stores ACT32; otherwise codes per token or in per-channel blocks."""
         self.shape = shape
         self.appended = 0
-        if fmt is not None and fmt.per_channel:
-            self.stores = [BlockSlots(BlockLayout.window(shape, fmt.block_tokens), fmt.bits)]
+        self.blocked = fmt is not None and fmt.per_channel
+        self.sinks: BlockSlots | None = None
+        if self.blocked:
+            self.window = BlockSlots(BlockLayout.window(shape, fmt.block_tokens), fmt.bits)
             if shape.sinks:
-                self.stores.insert(0, BlockSlots(BlockLayout.sinks(shape, fmt.block_tokens), fmt.bits))
+                self.sinks = BlockSlots(BlockLayout.sinks(shape, fmt.block_tokens), fmt.bits)
         else:
-            self.stores = [TokenSlots(shape, None if fmt is None else fmt.bits)]
+            self.window = TokenSlots(shape, None if fmt is None else fmt.bits)
 
     def extend(self, x: np.ndarray) -> Timeline:
         """Store the next tokens ``x`` [KV, n, D]; return what the chunk's queries can read."""
         start = self.appended
         self.appended += x.shape[1]
-        if len(self.stores) == 1 and isinstance(self.stores[0], TokenSlots):
-            return self.stores[0].extend(x)
+        if not self.blocked:
+            return self.window.extend(x)
         to_sinks = max(0, min(self.shape.sinks - start, x.shape[1]))
-        window = self.stores[-1].extend(x[:, to_sinks:])
-        if len(self.stores) == 1:
-            return window
-        return Timeline.join([self.stores[0].extend(x[:, :to_sinks]), window])
+        window = self.window.extend(x[:, to_sinks:])
+        return window if self.sinks is None else Timeline.join([self.sinks.extend(x[:, :to_sinks]), window])
 
     def nbytes(self) -> int:
         """Bytes this stream holds."""
-        return sum(store.nbytes() for store in self.stores)
+        return self.window.nbytes() + (0 if self.sinks is None else self.sinks.nbytes())
 
 
 def lambda_attention(q, keys: Timeline, values: Timeline, start: int, shape: LambdaShape,

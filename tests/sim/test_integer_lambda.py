@@ -158,18 +158,18 @@ def test_memory_is_constant_in_stream_length(checkpoint, ids):
     window = BlockLayout.window(SHAPE, BLOCK)
     for keys, _ in cache.layers:
         first, stop = window.held_blocks(three - SHAPE.sinks)
-        assert stop - first <= window.block_slots and keys.stores[-1].blocks.shape[0] == window.block_slots
+        assert stop - first <= window.block_slots and keys.window.blocks.shape[0] == window.block_slots
 
 
-def test_kv4_rounds_keys_before_rope_and_stages_the_unfinished_block(checkpoint, ids):
+def test_kv4_holds_codes_and_stages_the_unfinished_block(checkpoint, ids):
     _, integer = compressed(checkpoint, DEFAULT_KV4)
     cache = integer.new_cache()
     integer.forward(ids[:17].numpy(), cache)  # sinks 0-1; window blocks 2-5, 6-9, 10-13 and 14-16 staged
     keys, values = cache.layers[0]
-    sink_store, window_store = keys.stores
+    sink_store, window_store = keys.sinks, keys.window
     assert sink_store.staged.shape[1] == 0 and window_store.staged.shape[1] == 3
     assert window_store.codes.codes.max() <= 15 and window_store.layout.held_blocks(15) == (1, 3)
-    assert values.stores[0].codes.codes.max() <= 15
+    assert values.sinks is None and values.window.codes.codes.max() <= 15
 
 
 def test_lambda_without_eviction_is_the_dense_model_bit_for_bit(checkpoint, ids):
