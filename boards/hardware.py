@@ -115,8 +115,8 @@ def decode_lanes_for_stream(hbm_ports: int, axi_data_width_bits: int, weight_bit
 
 
 def _engine(clock_mhz: float, ports: int, rows: int, cols: int, attention: int, sfu: int,
-            weight_kib: int, activation_kib: int, kv_kib: int, output_kib: int) -> EngineParams:
-    width, weight_bits = 512, 4.0
+            weight_kib: int, activation_kib: int, kv_kib: int, output_kib: int, weight_bits: float = 4.0) -> EngineParams:
+    width = 512
     return EngineParams(
         clock_mhz=clock_mhz, decode_lanes=decode_lanes_for_stream(ports, width, weight_bits),
         decode_weight_bits=weight_bits, prefill_rows=rows, prefill_cols=cols, attention_lanes=attention,
@@ -131,6 +131,11 @@ PRESETS: dict[str, tuple[str, EngineParams]] = {
     "u280-default": ("u280", _engine(225, 32, 64, 64, 512, 64, 2048, 512, 4096, 256)),
     "u280-small": ("u280", _engine(225, 8, 16, 16, 64, 16, 256, 64, 512, 64)),
     "u55c-default": ("u55c", _engine(225, 32, 64, 64, 512, 64, 2048, 512, 4096, 256)),
+    # Sized with the cycle model for Llama-2-7B accllm decode (docs/performance.md): 8,192 decode
+    # lanes (2x the stream) and 8,192 attention lanes so GEMMs and Λ attention stop holding up
+    # the weight stream, an 8 MiB KV buffer for the S + W = 1,028-slot ring, 2 MiB of activations
+    # for 9-token prefill chunks.
+    "u280-accllm": ("u280", _engine(225, 32, 64, 64, 8192, 64, 4096, 2048, 8192, 256, weight_bits=2.0)),
 }
 
 
