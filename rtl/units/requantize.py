@@ -16,11 +16,11 @@ stages, 1 up to 4 lanes). DSP48E2 by construction: 1 per lane (x'·K) + 3 per un
 
 from __future__ import annotations
 
-from amaranth.hdl import Mux, Signal, signed, unsigned
+from amaranth.hdl import Mux, signed, unsigned
 
-from llmfab.rtl.units.arith import absolute, clamp, maximum, round_shift, round_shift_by
+from llmfab.rtl.units.arith import clamp, round_shift, round_shift_by
 from llmfab.rtl.units.reciprocal import reciprocal_stages
-from llmfab.rtl.units.row_unit import RowUnit, tree_reduce
+from llmfab.rtl.units.row_unit import PeakStatistic, RowUnit
 from llmfab.sim.fixed_point import ACT32, ACT_CODE_MAX
 from llmfab.sim.linear_ops import INV127
 
@@ -28,7 +28,7 @@ NARROW_BITS = 18  # |rshr(x, s0)| <= 2^16
 STEP_EXPONENT_OFFSET = 21
 
 
-class RequantizeUnit(RowUnit):
+class RequantizeUnit(PeakStatistic, RowUnit):
     """Per-token ACT32 -> int8 codes with the token's step.
 
     In: `x` (ACT32 per lane), `last`. Out: `q` (int8 per lane), `scale_mantissa` (A, 16 bits),
@@ -46,15 +46,6 @@ class RequantizeUnit(RowUnit):
 
     def row_fields(self):
         return {"scale_mantissa": unsigned(16), "scale_exponent": signed(6)}
-
-    def statistics(self, m):
-        return Signal(unsigned(ACT32.bits), name="peak")
-
-    def reduce(self, lane, beat):
-        return tree_reduce(lane, [(absolute(x),) for x in beat.x], lambda a, b: (maximum(a[0], b[0]),), "peak")
-
-    def accumulate(self, peak, reduced, first):
-        return [peak.eq(Mux(first, reduced[0], maximum(peak, reduced[0])))]
 
     def constants(self, lane, peak, total, config):
         nonzero = peak != 0

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Const, Module, ShapeLike, Signal, Value, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ShapeLike, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from llmfab.rtl.units.arith import absolute, maximum
 from llmfab.rtl.units.pipeline import Lane, valid_chain
 
 TREE_LEVELS_PER_STAGE = 2
@@ -258,3 +259,16 @@ class RowUnit(wiring.Component):
     def _stored(self, beat: SimpleNamespace) -> Value:
         """A beat's input fields as one row of the buffer (fields in layout order)."""
         return Cat(*(Value.cast(getattr(beat, name)) for name, _ in self.stored_layout))
+
+
+class PeakStatistic:
+    """Mixin of the RowUnits reducing `max |x|` over the row's ACT32 field `x` (32-bit unsigned)."""
+
+    def statistics(self, m):
+        return Signal(unsigned(32), name="peak")
+
+    def reduce(self, lane, beat):
+        return tree_reduce(lane, [(absolute(x),) for x in beat.x], lambda a, b: (maximum(a[0], b[0]),), "peak")
+
+    def accumulate(self, peak, reduced, first):
+        return [peak.eq(Mux(first, reduced[0], maximum(peak, reduced[0])))]
