@@ -28,8 +28,8 @@ from cocotb.triggers import FallingEdge, ReadOnly
 from .interfaces import AXI_BOUNDARY_BYTES, AXI_MAX_BURST_BEATS, Burst, Resp
 
 
-AMARANTH_SEPARATOR = "__"  # Amaranth core ports: m00_axi__awaddr
-XRT_SEPARATOR = "_"  # the XRT top's ports: m00_axi_awaddr
+AMARANTH_SEPARATOR = "__"  # Amaranth core ports: m_axi_hbm00__awaddr
+XRT_SEPARATOR = "_"  # the XRT top's ports: m_axi_hbm00_awaddr
 
 
 class _Port:

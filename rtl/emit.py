@@ -6,7 +6,7 @@ the `sync` domain are `clk` and `rst` (active high). Those names depend only on 
 so tests, wrappers and scripts may rely on them. `port_name(path)` computes one.
 
 An XRT kernel needs other names: `ap_clk`, an active-low `ap_rst_n`, and AXI bundles spelt
-`s_axi_control_awaddr`, `m00_axi_rdata`, .... `kernel_sources` emits the Amaranth core as
+`s_axi_control_awaddr`, `m_axi_hbm00_rdata`, .... `kernel_sources` emits the Amaranth core as
 `<top>_core` and a generated Verilog top `<top>` that only renames (and inverts the reset),
 so the kernel's port list follows the signature one to one.
 """
@@ -60,7 +60,7 @@ class TopPort:
 
 def top_ports(component: wiring.Component) -> tuple[TopPort, ...]:
     """The component's signature members as XRT top ports: path joined by '_' (Vitis style,
-    `m00_axi_awaddr`), in signature order."""
+    `m_axi_hbm00_awaddr`), in signature order."""
     ports = []
     for path, member, value in component.signature.flatten(component):
         direction = "input" if member.flow is wiring.In else "output"

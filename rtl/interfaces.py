@@ -3,8 +3,8 @@
 Both are written from the manager's (master's) side: `Out` members are driven by the manager,
 `In` members by the subordinate. A slave port is `In(AXI4LiteSignature(...))`, a master port
 `Out(AXI4Signature(...))`. Member names are the AXI signal names in lower case (`awaddr`,
-`wvalid`, ...), so an Amaranth port `m00_axi__awaddr` maps one to one onto the Vitis name
-`m00_axi_awaddr` (`vitis_port_name`).
+`wvalid`, ...), so an Amaranth port `m_axi_hbm00__awaddr` maps one to one onto the Vitis name
+`m_axi_hbm00_awaddr` (`rtl.emit.top_ports`).
 
 The AXI4 signature carries what an XRT RTL kernel's memory master needs (UG1393 "RTL Kernels",
 interface requirements): addresses, burst length, size and type, cache and protection bits,
@@ -125,7 +125,3 @@ class AXI4Signature(wiring.Signature):
     def __repr__(self):
         return f"AXI4Signature(data_width={self.data_width}, addr_width={self.addr_width})"
 
-
-def vitis_port_name(bundle: str, member: str) -> str:
-    """The Vitis/XRT name of an AXI signal: bundle `m00_axi`, member `awaddr` -> `m00_axi_awaddr`."""
-    return f"{bundle}_{member}"

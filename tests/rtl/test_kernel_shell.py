@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 
 import pytest
+from amaranth.hdl import Fragment
 
 from llmfab.boards.hardware import HardwareConfig
+from llmfab.compiler.placement import KERNEL_NAME
 from llmfab.rtl.emit import kernel_sources, top_ports
 from llmfab.rtl.kernel_shell import KernelShell, shell_register_map
 from llmfab.rtl.sim_runner import simulate, simulator_params
 
 PORTS, DATA_WIDTH, MAX_BURST = 2, 64, 16
-TOP = "llmfab_kernel"
+TOP = KERNEL_NAME
 
 
 def test_top_has_xrt_port_names():
@@ -21,20 +23,21 @@ def test_top_has_xrt_port_names():
     header = sources.top.split("\n);\n", 1)[0]
     names = re.findall(r"(?:input|output)\s+wire\s+(?:\[\d+:0\]\s+)?(\w+)", header)
     assert names[:2] == ["ap_clk", "ap_rst_n"]
-    assert {"s_axi_control_awaddr", "s_axi_control_rdata", "m00_axi_arlen", "m01_axi_wlast", "interrupt"} <= set(names)
+    assert {"s_axi_control_awaddr", "s_axi_control_rdata", "m_axi_hbm00_arlen", "m_axi_hbm01_wlast", "interrupt"} <= set(names)
     assert not any("__" in n for n in names)
-    assert "[63:0] m01_axi_wdata" in header and "[11:0] s_axi_control_araddr" in header
+    assert "[63:0] m_axi_hbm01_wdata" in header and "[11:0] s_axi_control_araddr" in header
     assert f"module {TOP}_core" in sources.core and sources.verilog.count("module ") > 2
     assert [p.name for p in top_ports(shell)] == names[2:]
 
 
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_shell_for_a_config_follows_its_engine():
     config = HardwareConfig.from_preset("u280-small")
     shell = KernelShell.for_config(config)
     assert shell.ports == config.engine.hbm_ports
     assert [a.name for a in shell.register_map.arguments][-3:] == ["src_offset", "dst_offset", "beats"]
-    assert shell_register_map(config.engine.hbm_ports)["hbm1"].master == "m01_axi"
+    assert shell_register_map(config.engine.hbm_ports)["hbm1"].master == "m_axi_hbm01"
+    assert len(top_ports(shell)) == 19 + 1 + shell.ports * 29  # AXI4-Lite, interrupt, AXI4 masters
+    Fragment.get(shell, None)  # elaborates
     with pytest.raises(ValueError, match="at least one HBM port"):
         KernelShell(0, 64, 16)
 
