@@ -45,18 +45,30 @@ def _conflicts(earlier: Step, later: Step) -> bool:
 def hazards(steps: list[Step]) -> list[tuple[int, int]]:
     """(producer, consumer) index pairs on different units: for each consumer and other unit, the
     latest earlier instruction of that unit it conflicts with. END waits for the last STORE."""
-    by_unit: dict[Unit, list[int]] = {u: [] for u in Unit}
+    touching: dict[tuple[Unit, int], list[int]] = {}  # (unit, buffer) -> instructions touching it
+    last_of: dict[Unit, int] = {}
     edges = []
     for index, step in enumerate(steps):
         unit = step.inst.unit
-        for other, indices in by_unit.items():
+        buffers = {a[0] for a in step.reads + step.writes}
+        for other in Unit:
             if other is unit:
                 continue
-            for j in reversed(indices):
-                if _conflicts(steps[j], step) or (step.inst.opcode is Opcode.END and other is Unit.STORE):
-                    edges.append((j, index))
-                    break
-        by_unit[unit].append(index)
+            latest = -1
+            for buf in buffers:
+                for j in reversed(touching.get((other, buf), ())):
+                    if j <= latest:
+                        break
+                    if _conflicts(steps[j], step):
+                        latest = j
+                        break
+            if step.inst.opcode is Opcode.END and other is Unit.STORE:
+                latest = max(latest, last_of.get(Unit.STORE, -1))
+            if latest >= 0:
+                edges.append((latest, index))
+        for buf in buffers:
+            touching.setdefault((unit, buf), []).append(index)
+        last_of[unit] = index
     return edges
 
 

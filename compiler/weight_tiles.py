@@ -13,13 +13,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from llmfab.quant.packing import pack_bits, packed_length, unpack_bits
+from llmfab.quant.packing import packed_length
 from llmfab.sim.linear_ops import IntegerWeight, expand_2to4, signed_weights
 
 ALIGN = 64
 PATTERN_BITS = 3
+
+
+def pack_rows(values, bits: int) -> np.ndarray:
+    """Unsigned ``bits``-bit integers ``[rows, n]`` -> uint8 ``[rows, ceil(n*bits/8)]`` in the
+    little-endian bitstream layout of llmfab.quant.packing.pack_bits (numpy, for whole models)."""
+    v = np.asarray(values, dtype=np.uint16)
+    if v.size and int(v.max()) >= 1 << bits:
+        raise ValueError(f"values up to {int(v.max())} do not fit {bits} bits")
+    rows, n = v.shape
+    if 8 % bits == 0:  # whole values per byte: OR the shifted lanes together
+        per = 8 // bits
+        padded = np.zeros((rows, -(-n // per) * per), dtype=np.uint8)
+        padded[:, :n] = v
+        lanes = padded.reshape(rows, -1, per) << (bits * np.arange(per, dtype=np.uint8))
+        return np.bitwise_or.reduce(lanes, axis=2).astype(np.uint8)
+    stream = ((v[..., None] >> np.arange(bits, dtype=np.uint16)) & 1).astype(np.uint8).reshape(rows, n * bits)
+    return np.packbits(stream, axis=1, bitorder="little")[:, :packed_length(n, bits)]
+
+
+def unpack_rows(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_rows`: uint8 ``[rows, bytes]`` -> int64 ``[rows, count]``."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    if 8 % bits == 0:
+        per = 8 // bits
+        lanes = (packed[..., None] >> (bits * np.arange(per, dtype=np.uint8))) & ((1 << bits) - 1)
+        return lanes.reshape(packed.shape[0], -1)[:, :count].astype(np.int64)
+    stream = np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=1, bitorder="little")[:, :count * bits]
+    weights = (1 << np.arange(bits, dtype=np.int64))
+    return stream.reshape(packed.shape[0], count, bits).astype(np.int64) @ weights
 
 
 def align(n: int, to: int = ALIGN) -> int:
@@ -81,9 +109,9 @@ def pack_tile(shape: TileShape, codes, zeros, mantissas, row_shifts, patterns=No
             raise ValueError(f"tile section {name}: {flat.size} bytes, expected {size}")
         out[offset:offset + size] = flat
 
-    put("codes", pack_bits(torch.from_numpy(np.asarray(codes, dtype=np.uint8)), shape.bits).numpy())
+    put("codes", pack_rows(codes, shape.bits))
     if shape.sparse:
-        put("patterns", pack_bits(torch.from_numpy(np.asarray(patterns, dtype=np.uint8)), PATTERN_BITS).numpy())
+        put("patterns", pack_rows(patterns, PATTERN_BITS))
     put("zeros", np.asarray(zeros, dtype=np.uint8))
     if np.any(np.asarray(mantissas) >= 1 << 16) or np.any(np.asarray(mantissas) < 0):
         raise ValueError("scale mantissas must be unsigned 16-bit")
@@ -102,14 +130,12 @@ def unpack_tile(shape: TileShape, data) -> IntegerWeight:
         return data[offset:offset + size].view(dtype)
 
     n = shape.rows
-    packed = torch.from_numpy(get("codes", np.uint8).reshape(n, -1).copy())
-    codes = unpack_bits(packed, shape.bits, shape.codes_per_row).numpy().astype(np.int64)
+    codes = unpack_rows(get("codes", np.uint8).reshape(n, -1), shape.bits, shape.codes_per_row)
     zeros = get("zeros", np.uint8).reshape(n, shape.groups).astype(np.int64)
     per_group = shape.codes_per_row // shape.groups
     values = signed_weights(2 * codes if shape.half_zero else codes, zeros, per_group)
     if shape.sparse:
-        raw = torch.from_numpy(get("patterns", np.uint8).reshape(n, -1).copy())
-        patterns = unpack_bits(raw, PATTERN_BITS, shape.cols // 4).numpy()
+        patterns = unpack_rows(get("patterns", np.uint8).reshape(n, -1), PATTERN_BITS, shape.cols // 4)
         values = expand_2to4(values, patterns)
     mantissas = get("mantissas", np.uint16).reshape(n, shape.groups).astype(np.int64)
     row_shifts = get("row_shifts", np.int8).astype(np.int64)

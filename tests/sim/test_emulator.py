@@ -1,0 +1,186 @@
+"""The emulator: whole programs bit-exact against IntegerModel, and the errors a bad program or
+a bad run must give."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llmfab.compiler.isa import WORD_BYTES, IsaError, Opcode, decode_program, encode_program
+from llmfab.compiler.model_plan import reference_integer_model
+from llmfab.compiler.program import ProgramError, load_program
+from llmfab.sim.emulator import Emulator, EmulatorError
+from llmfab.tests.fixtures.tiny_models import TINY_CONFIGS, write_tiny_hf_folder
+from llmfab.tests.sim.emulator_fixtures import DENSE_W4, SPARSE_W2, compile_artifact, engine, tiny_artifact
+
+
+@pytest.fixture(scope="module")
+def sparse_artifact(tiny_hf_folder, tmp_path_factory):
+    return tiny_artifact(tmp_path_factory.mktemp("art") / "sparse", tiny_hf_folder, SPARSE_W2)
+
+
+@pytest.fixture(scope="module")
+def tiny(sparse_artifact, tmp_path_factory):
+    """(artifact, compiled, program) with a small activation buffer, so the prefill chunk is short."""
+    return compile_artifact(sparse_artifact, tmp_path_factory.mktemp("prog") / "tiny",
+                            engine(activation_buffer_bytes=24 * 1024))
+
+
+def run_and_compare(artifact, program, ids, chunk: int, decode_steps: int) -> None:
+    """Prefill ``ids`` in chunks of ``chunk``, then decode; every logit equals IntegerModel's."""
+    emu = Emulator(program)
+    emu.reset()
+    reference = reference_integer_model(artifact.model, artifact.recipe)
+    cache = reference.new_cache()
+    position = 0
+    prompt, rest = ids[:-decode_steps], ids[-decode_steps:]
+    while position < len(prompt):
+        part = prompt[position:position + chunk]
+        emu.write_tokens(part)
+        stats = emu.start("prefill", len(part), position)
+        assert stats.instructions["END"] == 1 and stats.bytes["GEMM"] > 0
+        np.testing.assert_array_equal(emu.read_logits(len(part)), reference.forward(part, cache))
+        position += len(part)
+    for token in rest:
+        emu.write_tokens([token])
+        emu.start("decode", 1, position)
+        np.testing.assert_array_equal(emu.read_logits(1), reference.forward([token], cache))
+        position += 1
+
+
+def test_prompt_longer_than_a_chunk_then_decode_is_bit_exact(tiny):
+    artifact, compiled, program = tiny
+    chunk = program.limits.max_prefill_tokens
+    assert 4 <= chunk < 20  # the small activation buffer forces several chunks
+    ids = np.random.default_rng(0).integers(0, program.limits.vocab_size, 2 * chunk + 3 + 4)
+    run_and_compare(artifact, program, ids, chunk, decode_steps=4)
+
+
+def test_dense_w4_with_k_split_tiles_is_bit_exact(tmp_path):
+    """A weight buffer too small for a whole input row of down_proj (K = 2048) splits K: its GEMMs
+    accumulate across tiles."""
+    config = dict(TINY_CONFIGS["gqa-llama3"], intermediate_size=2048, num_hidden_layers=1)
+    hf_folder = write_tiny_hf_folder(tmp_path / "hf", config)
+    artifact_folder = tiny_artifact(tmp_path / "w4", hf_folder, DENSE_W4)
+    hardware = engine(weight_buffer_bytes=3 * 1024, activation_buffer_bytes=64 * 1024)
+    artifact, compiled, program = compile_artifact(artifact_folder, tmp_path / "prog", hardware)
+    assert compiled.memory.tilings["down_proj"].k_split and not compiled.memory.tilings["q_proj"].k_split
+    ids = np.random.default_rng(1).integers(0, program.limits.vocab_size, 12)
+    run_and_compare(artifact, program, ids, program.limits.max_prefill_tokens, decode_steps=3)
+
+
+def test_stats_count_instructions_and_bytes(tiny):
+    _, compiled, program = tiny
+    emu = Emulator(program)
+    emu.write_tokens([5])
+    stats = emu.start("decode", 1, 0)
+    entry = compiled.entries["decode"]
+    assert stats.total_instructions == entry["count"]
+    assert stats.instructions["GEMM"] == sum(i.opcode is Opcode.GEMM for i in
+                                             compiled.instructions[entry["entry"]:entry["entry"] + entry["count"]])
+    assert stats.bytes["LOAD"] > 0 and stats.bytes["STORE"] > 0
+
+
+def test_run_limits(tiny):
+    _, _, program = tiny
+    emu = Emulator(program)
+    chunk = program.limits.max_prefill_tokens
+    with pytest.raises(ProgramError, match=f"takes 1 to {chunk} tokens"):
+        emu.start("prefill", chunk + 1, 0)
+    with pytest.raises(ProgramError, match="input region holds at most"):
+        emu.write_tokens(np.zeros(chunk + 1, dtype=np.int64))
+    with pytest.raises(ProgramError, match="exceed the program's context"):
+        emu.start("decode", 1, program.limits.max_context)
+    with pytest.raises(ProgramError, match="must continue the sequence"):
+        emu.start("decode", 1, 3)
+    with pytest.raises(ProgramError, match="token ids must lie"):
+        emu.write_tokens([program.limits.vocab_size])
+
+
+def rewrite_instructions(folder, change) -> None:
+    """Apply ``change`` to the decoded instruction list and fix the checksum, as a buggy compiler would."""
+    import hashlib
+
+    path = folder / "instructions.bin"
+    data = change(bytearray(path.read_bytes()))
+    path.write_bytes(bytes(data))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["instructions.bin"] = hashlib.sha256(bytes(data)).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def copy_program(program, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(program.folder, folder)
+    return folder
+
+
+def test_unknown_opcode_names_its_address(tiny, tmp_path):
+    folder = copy_program(tiny[2], tmp_path)
+
+    def corrupt(data):
+        data[7 * WORD_BYTES] = 0x77
+        return data
+
+    rewrite_instructions(folder, corrupt)
+    with pytest.raises(IsaError, match=r"instruction 7 \(byte offset 224\): unknown opcode 0x77"):
+        Emulator(load_program(folder))
+
+
+def test_pop_without_push_is_a_deadlock_naming_the_instruction(tiny, tmp_path):
+    folder = copy_program(tiny[2], tmp_path)
+    entry = tiny[2].manifest["routines"]["decode"]["entry"]
+    instructions = decode_program((folder / "instructions.bin").read_bytes())
+    victim = next(i for i in range(entry, len(instructions))
+                  if instructions[i].opcode is Opcode.RMSNORM and not instructions[i].pop_next)
+
+    def add_pop(data):
+        instructions[victim] = instructions[victim].replace(pop_next=1)
+        return bytearray(encode_program(instructions))
+
+    rewrite_instructions(folder, add_pop)
+    emu = Emulator(load_program(folder))
+    emu.write_tokens([1])
+    with pytest.raises(EmulatorError, match=rf"instruction {victim} \(RMSNORM\): pops the store->compute token queue"):
+        emu.start("decode", 1, 0)
+
+
+def test_buffer_overflow_is_an_error(tiny, tmp_path):
+    folder = copy_program(tiny[2], tmp_path)
+    entry = tiny[2].manifest["routines"]["decode"]["entry"]
+    instructions = decode_program((folder / "instructions.bin").read_bytes())
+    victim = next(i for i in range(entry, len(instructions)) if instructions[i].opcode is Opcode.ADD)
+    act_bytes = tiny[2].hardware.engine.activation_buffer_bytes
+
+    def move(data):
+        instructions[victim] = instructions[victim].replace(dst_addr=act_bytes - 8)
+        return bytearray(encode_program(instructions))
+
+    rewrite_instructions(folder, move)
+    emu = Emulator(load_program(folder))
+    emu.write_tokens([1])
+    with pytest.raises(EmulatorError, match=rf"instruction {victim} \(ADD\): bytes .* of the ACT buffer, which holds"):
+        emu.start("decode", 1, 0)
+
+
+@pytest.mark.slow
+def test_smollm2_compiles_and_emulates_bit_exact(tmp_path):
+    """SmolLM2-135M, RTN 2:4 W2 with half-integer zero points and a KV4 cache, on u280-default."""
+    from llmfab.quant.checkpoint import load_checkpoint
+    from llmfab.quant.model import LlamaModel
+    from llmfab.quant.recipe import Recipe
+    from llmfab.quant.artifact import save_artifact
+    from llmfab.sim.integer_weights import round_to_nearest_model
+
+    checkpoint = load_checkpoint("smollm2-135m")
+    model = round_to_nearest_model(LlamaModel.from_checkpoint(checkpoint), bits=2, group_size=64, sparse=True,
+                                   zero_halves=True)
+    recipe = Recipe.from_preset("w2a8kv4", sparsity="2:4", zero_point="half-integer")
+    save_artifact(tmp_path / "art", model, recipe, checkpoint.tokenizer, model_name="smollm2-135m")
+    artifact, _, program = compile_artifact(tmp_path / "art", tmp_path / "prog", engine())
+    ids = np.array(checkpoint.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 8))[:40]
+    run_and_compare(artifact, program, ids, program.limits.max_prefill_tokens, decode_steps=3)
