@@ -1,22 +1,22 @@
 """Quantization-aware training (QAT) with distillation from the float model.
 
-The post-training result (GPTQ codes, scales and zero points, fixed 2:4 masks) is the starting
-point. Every decoder projection becomes a :class:`QatLinear`: a latent float copy of its *kept*
-weights, quantized group-wise by a brevitas asymmetric integer quantizer whose per-group scales
-are trained with the weights (straight-through rounding), and the fixed 2:4 mask scattering the
-kept weights back into the dense matrix. Inputs are fake-quantized per token to int8 with a
-straight-through estimator (brevitas' core package has no per-token dynamic activation quantizer,
-so that piece is ours; it is the same function the fake-quant model uses).
+The post-training result (GPTQ codes, scales and integer zero points, fixed 2:4 masks) is the
+starting point. Every decoder projection becomes a trainable stand-in (quant/qat_modules.py): in
+``scales`` mode (the default, EfficientQAT's end-to-end step) only the per-group scales train and
+the codes stay frozen; in ``weights`` mode latent weights and scales train through a brevitas
+group quantizer, so codes may change. Linear inputs, including the frozen LM head's, are
+fake-quantized per token with straight-through gradients.
 
 The loss is the KL divergence from the float teacher's next-token distribution to the student's
-(``loss="kl"``, the default), so the student learns to behave like the model it came from rather
-than to fit the calibration text; ``loss="ce"`` trains on the text's next tokens instead.
-Attention runs dense in float during training: the KV cache and the Λ window are not in the loop.
+(``loss="kl"``, the default), averaged over tokens, so the student learns to behave like the model
+it came from rather than to fit the calibration text; ``loss="ce"`` trains on the text's next tokens
+instead. Attention runs dense in float during training: the KV cache and the Λ window are not in
+the loop (they act at evaluation, as after post-training quantization).
 
-Training checkpoints (latent weights, scales, optimizer, step, random state) are written
-atomically every ``checkpoint_every`` steps and resumed from when present. At the end each
-QatLinear is frozen back into a :class:`QuantLinear` with float16 scales, so the artifact format
-does not change.
+Training checkpoints (trained tensors, optimizer, step, random state) are written atomically every
+``checkpoint_every`` steps and resumed from when present. At the end every stand-in is frozen back
+into a :class:`~llmfab.quant.qlinear.QuantLinear` with float16 scales, so the artifact format does
+not change.
 """
 
 from __future__ import annotations
@@ -28,20 +28,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from llmfab.errors import InputError
-from llmfab.quant.model import LlamaModel, iter_linears, replace_linear
-from llmfab.quant.qlinear import QuantLinear, fake_quant_per_token
-from llmfab.quant.sparse_index import compress_2to4, decode_2to4_mask
-from llmfab.quant.weight_quant import QuantizedWeight
+from llmfab.quant.model import LlamaModel
+from llmfab.quant.qat_modules import QatLinear, QatMode, ScaleQatLinear, from_qat, to_qat
+
+__all__ = ["LOSSES", "QatConfig", "QatLinear", "QatMode", "ScaleQatLinear", "distillation_loss",
+           "from_qat", "run_recipe_qat", "to_qat", "train_qat", "training_windows"]
 
 LOSSES = ("kl", "ce")
 
 
 @dataclass(frozen=True)
 class QatConfig:
-    """How to train. ``lr`` is for latent weights, ``scale_lr`` for the per-group scales."""
+    """How to train. ``lr`` is for latent weights (``weights`` mode only), ``scale_lr`` for the
+    per-group scales; the scale learning rate decays to 0 along a cosine over ``steps``."""
 
     steps: int
     batch_size: int = 4
@@ -50,6 +51,7 @@ class QatConfig:
     scale_lr: float = 1e-4
     temperature: float = 1.0
     loss: str = "kl"
+    mode: QatMode = QatMode.SCALES
     checkpoint_every: int = 20
     seed: int = 0
 
@@ -63,115 +65,9 @@ class QatConfig:
             raise InputError(f"QAT loss {self.loss!r} is not one of {', '.join(LOSSES)}")
         if self.lr <= 0 or self.scale_lr <= 0 or self.temperature <= 0:
             raise InputError("QAT learning rates and temperature must be positive")
-
-
-def _straight_through(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-    """Forward: ``quantized``; backward: identity to ``x``."""
-    return x + (quantized - x).detach()
-
-
-def _group_quantizer(bits: int, group: int):
-    """A brevitas weight quantizer: asymmetric ``bits``-bit codes, float scale and integer zero
-    point per group of ``group`` consecutive input columns, scale a trained parameter."""
-    from brevitas.core.zero_point import ParameterFromStatsFromParameterZeroPoint
-    from brevitas.inject.enum import ScalingImplType
-    from brevitas.quant.shifted_scaled_int import ShiftedUint8WeightGroupQuantFloat
-
-    return type(f"Uint{bits}WeightGroup{group}", (ShiftedUint8WeightGroupQuantFloat,), {
-        "bit_width": bits, "group_size": group,
-        "scaling_impl_type": ScalingImplType.PARAMETER_FROM_STATS,
-        "zero_point_impl": ParameterFromStatsFromParameterZeroPoint,  # a trained zero point
-    })
-
-
-class QatLinear(nn.Module):
-    """Trainable stand-in for a :class:`QuantLinear` (same numerics in the forward pass)."""
-
-    def __init__(self, source: QuantLinear):
-        super().__init__()
-        from brevitas.nn import QuantLinear as BrevitasLinear
-
-        q = source.quantized
-        if q.zero_halves:
-            raise InputError(
-                "QAT trains integer zero points only (brevitas' group quantizer); quantize with "
-                "--zero-point integer when --qat-steps > 0"
-            )
-        self.bits, self.group_size, self.act_bits = q.bits, q.group_size, source.act_bits
-        self.out_features, self.in_features = source.out_features, source.in_features
-        self.register_buffer("mask_codes", q.mask_codes)
-        # start from GPTQ's pre-rounding weights when known: they round to the PTQ codes but sit
-        # off the grid, so both weights and scales get useful gradients from the first step
-        kept = (source.unrounded if source.unrounded is not None else source.weight).float()
-        if q.mask_codes is not None:
-            mask = decode_2to4_mask(q.mask_codes)
-            kept = compress_2to4(kept, mask)
-            self.register_buffer("kept_index", mask.reshape(-1).nonzero().squeeze(1), persistent=False)
-        # brevitas holds the kept weights; its layer is only used for quant_weight(), never called
-        self.kept = BrevitasLinear(kept.shape[1], kept.shape[0], bias=False,
-                                   weight_quant=_group_quantizer(q.bits, q.codes_per_group))
-        with torch.no_grad():
-            self.kept.weight.copy_(kept)
-            self.kept.quant_weight()  # brevitas initialises its scales from statistics on first use
-            tensor_quant = self.kept.weight_quant.tensor_quant
-            # brevitas trains the group's range, scale * (2**bits - 1), and the zero point in
-            # real units, zero * scale (rounded to an integer zero point in the forward pass)
-            scale = q.scales.float()
-            tensor_quant.scaling_impl.value.copy_((scale * (2**q.bits - 1)).unsqueeze(-1))
-            tensor_quant.zero_point_impl.value.copy_((q.zero_points.float() * scale).unsqueeze(-1))
-
-    def dense_weight(self) -> torch.Tensor:
-        """The fake-quantized weight ``[out, in]`` (zeros at pruned positions), differentiable."""
-        kept = self.kept.quant_weight().value
-        if self.mask_codes is None:
-            return kept
-        dense = kept.new_zeros(self.out_features * self.in_features)
-        return dense.index_put((self.kept_index,), kept.reshape(-1)).view(self.out_features, -1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        if self.act_bits is not None:
-            x = _straight_through(x, fake_quant_per_token(x, self.act_bits))
-        return F.linear(x, self.dense_weight())
-
-    @torch.no_grad()
-    def freeze(self) -> QuantLinear:
-        """The trained weight as integer codes with float16 scales (codes recomputed for them)."""
-        quant = self.kept.quant_weight()
-        scale = self.kept.weight_quant.tensor_quant.scaling_impl.value.squeeze(-1) / (2**self.bits - 1)
-        scales = scale.to(torch.float16)
-        zeros = _group_values(quant.zero_point, scales.shape).round().clamp(0, 2**self.bits - 1)
-        latent = self.kept.weight.reshape(self.out_features, scales.shape[1], -1)
-        codes = (torch.round(latent / scales.float().unsqueeze(-1)) + zeros.unsqueeze(-1))
-        codes = codes.clamp(0, 2**self.bits - 1).reshape(self.kept.weight.shape).to(torch.uint8)
-        frozen = QuantizedWeight(codes, scales, zeros.to(torch.uint8), self.bits, self.group_size,
-                                 self.mask_codes, False)
-        return QuantLinear(frozen, self.act_bits)
-
-
-def _group_values(per_element: torch.Tensor, groups_shape) -> torch.Tensor:
-    """brevitas' expanded per-element zero points -> one value per group ``[out, groups]``."""
-    out, groups = groups_shape
-    return per_element.reshape(out, groups, -1)[:, :, 0].float()
-
-
-def to_qat(model: LlamaModel) -> list[QatLinear]:
-    """Swap every decoder QuantLinear of ``model`` for a QatLinear; returns them in order."""
-    swapped = []
-    for layer, name, module in list(iter_linears(model)):
-        if not isinstance(module, QuantLinear):
-            raise InputError(f"layer {layer} {name} is not quantized; run post-training quantization first")
-        qat = QatLinear(module)
-        replace_linear(model, layer, name, qat)
-        swapped.append(qat)
-    return swapped
-
-
-def from_qat(model: LlamaModel) -> None:
-    """Freeze every QatLinear of ``model`` back into a QuantLinear."""
-    for layer, name, module in list(iter_linears(model)):
-        if isinstance(module, QatLinear):
-            replace_linear(model, layer, name, module.freeze())
+        if not isinstance(self.mode, QatMode):
+            raise InputError(f"QAT mode {self.mode!r} is not one of "
+                             f"{', '.join(m.value for m in QatMode)}")
 
 
 def distillation_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
@@ -207,6 +103,12 @@ def _load_checkpoint(path: Path, model, optimizer, generator) -> int:
         ) from None
 
 
+def cosine_factor(step: int, steps: int) -> float:
+    """Learning-rate multiplier of step ``step`` (0-based) of ``steps``: 1 at the first step,
+    falling along a half cosine towards 0 (the last step still moves)."""
+    return 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1)))
+
+
 @torch.enable_grad()
 def train_qat(student: LlamaModel, teacher: LlamaModel | None, windows: torch.Tensor,
               config: QatConfig, checkpoint: Path | None = None, progress=None) -> list[float]:
@@ -219,18 +121,24 @@ def train_qat(student: LlamaModel, teacher: LlamaModel | None, windows: torch.Te
     """
     if config.loss == "kl" and teacher is None:
         raise InputError("QAT with distillation (loss 'kl') needs the float teacher model")
+    if windows.dim() != 2 or windows.shape[0] < 1:
+        raise InputError(f"QAT needs token windows [N >= 1, T], got shape {tuple(windows.shape)}")
     if windows.shape[1] < config.seq_len:
         raise InputError(f"QAT sequence length {config.seq_len} exceeds the training windows "
                          f"({windows.shape[1]} tokens)")
     for p in student.parameters():
         p.requires_grad_(False)
-    qat_layers = to_qat(student)
-    weights = [m.kept.weight for m in qat_layers]
-    scales = [m.kept.weight_quant.tensor_quant.scaling_impl.value for m in qat_layers]
+    weights, scales = [], []
+    for module in to_qat(student, config.mode):
+        module_weights, module_scales = module.trainable()
+        weights += module_weights
+        scales += module_scales
     for p in weights + scales:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW([{"params": weights, "lr": config.lr},
-                                   {"params": scales, "lr": config.scale_lr}], weight_decay=0.0)
+    groups = [{"params": scales, "lr": config.scale_lr, "base_lr": config.scale_lr}]
+    if weights:
+        groups.append({"params": weights, "lr": config.lr, "base_lr": config.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
     start = _load_checkpoint(checkpoint, student, optimizer, generator) \
         if checkpoint is not None and checkpoint.is_file() else 0
@@ -252,6 +160,8 @@ def train_qat(student: LlamaModel, teacher: LlamaModel | None, windows: torch.Te
                 loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * cosine_factor(step, config.steps)
             optimizer.step()
             losses.append(loss.item())
             if not math.isfinite(losses[-1]):
@@ -280,11 +190,33 @@ def training_windows(tokenizer, recipe, seq_len: int) -> torch.Tensor:
     return torch.tensor(tokens[: count * seq_len], dtype=torch.long).view(count, seq_len)
 
 
+QAT_FIELDS = ("qat_steps", "qat_lr", "qat_scale_lr", "qat_loss", "qat_mode")
+
+
+def post_training_model(folder, config, recipe) -> LlamaModel:
+    """The fake-quant model of the post-training artifact ``folder``, checked to be of the model
+    ``config`` (ModelConfig) and of ``recipe`` up to its QAT settings: the starting point of QAT
+    without calibrating again."""
+    from llmfab.quant.artifact import load_artifact
+
+    artifact = load_artifact(folder)
+    if artifact.config != config:
+        raise InputError(f"--qat-from {folder} holds a compressed {artifact.config.name or 'model'}, "
+                         f"not {config.name or 'the model given'}; pass an artifact of the same model")
+    mine, theirs = recipe.to_dict(), artifact.recipe.to_dict()
+    differ = sorted(k for k in mine if k not in QAT_FIELDS and k != "name" and mine[k] != theirs.get(k))
+    if differ:
+        raise InputError(f"--qat-from {folder} was made with a different recipe ({', '.join(differ)}: "
+                         f"{[theirs.get(k) for k in differ]} there, {[mine[k] for k in differ]} here); "
+                         "use the same preset and options, or drop --qat-from to calibrate afresh")
+    return artifact.model
+
+
 def run_recipe_qat(model: LlamaModel, checkpoint, recipe, checkpoint_path: Path, progress=None) -> list[float]:
     """QAT of a post-training quantized ``model`` as its recipe says (teacher: the checkpoint's
     float weights; data: the calibration texts). The training checkpoint is removed when done."""
-    config = QatConfig(steps=recipe.qat_steps, lr=recipe.qat_lr, scale_lr=10 * recipe.qat_lr,
-                       loss=recipe.qat_loss)
+    config = QatConfig(steps=recipe.qat_steps, lr=recipe.qat_lr, scale_lr=recipe.qat_scale_lr,
+                       loss=recipe.qat_loss, mode=QatMode(recipe.qat_mode))
     teacher = LlamaModel.from_checkpoint(checkpoint) if config.loss == "kl" else None
     windows = training_windows(checkpoint.tokenizer, recipe, config.seq_len)
     losses = train_qat(model, teacher, windows, config, checkpoint_path, progress)

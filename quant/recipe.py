@@ -19,10 +19,12 @@ from llmfab.errors import InputError
 from llmfab.quant.config import ModelConfig
 from llmfab.quant import kv_cache_4bit
 from llmfab.quant.kv4 import SUPPORTED_KV_CACHE_BITS, Kv4Config, KvGranularity
+from llmfab.quant.qat_modules import QatMode
 from llmfab.quant.smoothing import check_alpha
 from llmfab.quant.weight_quant import SUPPORTED_WEIGHT_BITS, ZeroPoint
 
 FLOAT_BITS = 16
+QAT_MODES = tuple(mode.value for mode in QatMode)  # what QAT trains
 SUPPORTED_ACT_BITS = (8, FLOAT_BITS)
 SUPPORTED_KV_BITS = (*SUPPORTED_KV_CACHE_BITS, FLOAT_BITS)
 
@@ -94,7 +96,9 @@ class Recipe:
     calib_seq_len: int = 512
     qat_steps: int = 0
     qat_lr: float = 1e-5
+    qat_scale_lr: float = 1e-3
     qat_loss: str = "kl"
+    qat_mode: str = "scales"
     smooth_alpha: float | None = None
 
     def __post_init__(self) -> None:
@@ -108,10 +112,13 @@ class Recipe:
                                         ("--qat-steps", self.qat_steps, 0)):
             if value < smallest:
                 raise InputError(f"{option} is {value}; it must be at least {smallest}")
-        if self.qat_lr <= 0:
-            raise InputError(f"--qat-lr must be positive, got {self.qat_lr}")
+        if self.qat_lr <= 0 or self.qat_scale_lr <= 0:
+            raise InputError(f"--qat-lr and --qat-scale-lr must be positive, got {self.qat_lr} and "
+                             f"{self.qat_scale_lr}")
         if self.qat_loss not in ("kl", "ce"):
             raise InputError(f"--qat-loss {self.qat_loss!r} is not one of: kl (distillation), ce")
+        if self.qat_mode not in QAT_MODES:
+            raise InputError(f"--qat-mode {self.qat_mode!r} is not one of: {', '.join(QAT_MODES)}")
         if self.smooth_alpha is not None:
             check_alpha(self.smooth_alpha)
         if self.sparsity is Sparsity.TWO_FOUR and self.group_size % 4:

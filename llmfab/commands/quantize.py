@@ -46,14 +46,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calib-seq-len", type=int, help="tokens per calibration window (default 512)")
     parser.add_argument("--qat-steps", type=int,
                         help="quantization-aware training steps after calibration (default 0: none); "
-                        "distills from the float model, checkpoints to DIR.qat.pt and resumes from it. "
-                        "Experimental: on SmolLM2 it has not yet lowered perplexity (see "
-                        "docs/compression_measurements.md)")
-    parser.add_argument("--qat-lr", type=float, help="QAT learning rate of the latent weights (default 1e-5; "
-                        "scales and zero points train 10x faster)")
+                        "distills from the float model (KL on the calibration text), checkpoints to "
+                        "DIR.qat.pt and resumes from it. About 10-20 s a step for SmolLM2-135M on 2 cores")
+    parser.add_argument("--qat-mode", choices=("scales", "weights"),
+                        help="what QAT trains: scales = the per-group weight scales only, codes frozen "
+                        "(default; EfficientQAT's end-to-end step), weights = latent weights and scales "
+                        "through a brevitas quantizer, so codes may change")
+    parser.add_argument("--qat-lr", type=float,
+                        help="QAT learning rate of the latent weights in --qat-mode weights (default 1e-5)")
+    parser.add_argument("--qat-scale-lr", type=float,
+                        help="QAT learning rate of the per-group scales (default 1e-3; cosine decay to 0)")
     parser.add_argument("--qat-loss", choices=("kl", "ce"),
                         help="QAT objective: kl = match the float model's next-token distribution "
                         "(default), ce = next-token cross-entropy on the calibration text")
+    parser.add_argument("--qat-from", metavar="ARTIFACT",
+                        help="skip calibration and start QAT from this post-training artifact of the "
+                        "same model and recipe (QAT settings may differ)")
     parser.add_argument("--smooth-alpha", type=_alpha_or_off, metavar="ALPHA|off",
                         help="SmoothQuant migration strength, 0 < ALPHA < 1: before GPTQ, divide each "
                         "linear input channel by max|x|^ALPHA / max|w|^(1-ALPHA) (calibration maxima) "
@@ -91,7 +99,8 @@ def recipe_from_args(args):
         sparsity=args.sparsity, pruning=args.pruning, zero_point=args.zero_point,
         sinks=args.sinks, window=args.window, calib_texts=args.calib_text,
         calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, qat_steps=args.qat_steps,
-        qat_lr=args.qat_lr, qat_loss=args.qat_loss, smooth_alpha=None if smoothing_off else args.smooth_alpha,
+        qat_lr=args.qat_lr, qat_scale_lr=args.qat_scale_lr, qat_loss=args.qat_loss, qat_mode=args.qat_mode,
+        smooth_alpha=None if smoothing_off else args.smooth_alpha,
     )
     return dataclasses.replace(recipe, smooth_alpha=None) if smoothing_off else recipe
 
@@ -105,9 +114,17 @@ def run(args) -> int:
     check_output_folder(args.output)
     checkpoint, model = load_float_model(args.model, not args.no_cache)
     recipe.check_model(checkpoint.config)
-    windows = calibration_windows(checkpoint.tokenizer, recipe)
     start = time.perf_counter()
-    quantize_model(model, recipe, windows, progress=progress)
+    if args.qat_from:
+        from llmfab.errors import InputError
+        from llmfab.quant.qat import post_training_model
+
+        if not recipe.qat_steps:
+            raise InputError("--qat-from starts quantization-aware training; give --qat-steps N (N > 0)")
+
+        model = post_training_model(args.qat_from, checkpoint.config, recipe)
+    else:
+        quantize_model(model, recipe, calibration_windows(checkpoint.tokenizer, recipe), progress=progress)
     if recipe.qat_steps:
         from llmfab.quant.qat import run_recipe_qat
 
