@@ -15,7 +15,7 @@ from llmfab import __version__
 from llmfab.errors import LlmfabError
 
 # Order is the order of the flow; later stages add their module name here.
-COMMANDS = ["models", "quantize", "compile", "simulate", "run", "rtl", "eval", "generate", "demo", "ir"]
+COMMANDS = ["models", "quantize", "compile", "simulate", "run", "rtl", "eval", "generate", "demo", "ir", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,12 +96,18 @@ def program_from_folder(folder: str | Path) -> TimedProgram:
 
 def program_from_model(config: ModelConfig, recipe: Recipe, hardware: HardwareConfig, name: str = "") -> TimedProgram:
     """Compile `config` with `recipe` for `hardware` without weights (a Λ recipe as its dense twin)."""
-    key = (config.to_json(), _recipe_key(recipe), program_shape_key(hardware), hardware.board.name)
+    twin = recipe.lambda_attention
+    dense = dataclasses.replace(recipe, sinks=None, window=None) if twin else recipe
+    key = (config.to_json(), _recipe_key(dense), program_shape_key(hardware), hardware.board.name)
     if key not in _COMPILED:
         if len(_COMPILED) >= _CACHE_SIZE:
             _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = _compile(config, recipe, hardware)
-    return dataclasses.replace(_COMPILED[key], name=name or config.name, hardware=hardware)
+        _COMPILED[key] = _compile(config, dense, hardware)
+    program = _COMPILED[key]
+    if twin:
+        program = dataclasses.replace(program, recipe=recipe, instructions=lambda_twin(program.instructions),
+                                      max_context=None, lambda_twin=True)
+    return dataclasses.replace(program, name=name or config.name, hardware=hardware)
 
 
 # Shape-only compiles of this process, keyed by what the program depends on (a Llama-2-7B compile
@@ -117,23 +123,19 @@ def _recipe_key(recipe: Recipe) -> str:
 
 
 def _compile(config: ModelConfig, recipe: Recipe, hardware: HardwareConfig) -> TimedProgram:
+    """Shape-only compile of a dense-attention recipe."""
     import time
 
     from llmfab.compiler.model_plan import ModelPlan
     from llmfab.compiler.scheduler import compile_model
 
-    twin = recipe.lambda_attention
-    dense = dataclasses.replace(recipe, sinks=None, window=None) if twin else recipe
     start = time.perf_counter()
-    compiled = compile_model(ModelPlan.build(config, dense), hardware, None)
+    compiled = compile_model(ModelPlan.build(config, recipe), hardware, None)
     seconds = time.perf_counter() - start
-    instructions = tuple(compiled.instructions)
-    if twin:
-        instructions = lambda_twin(instructions)
     entries = {name: int(e["entry"]) for name, e in compiled.entries.items()}
     return TimedProgram(name=config.name, config=config, recipe=recipe, hardware=hardware,
-                        instructions=instructions, entries=entries, chunk_tokens=compiled.memory.chunk,
-                        max_context=None if twin else compiled.memory.max_context, lambda_twin=twin,
+                        instructions=tuple(compiled.instructions), entries=entries,
+                        chunk_tokens=compiled.memory.chunk, max_context=compiled.memory.max_context,
                         compile_seconds=seconds, hbm_bytes_by_kind=_kinds(compiled.report))
 
 
