@@ -40,6 +40,10 @@ from llmfab.sim.emulator_ops import HANDLERS
 from llmfab.sim.fixed_point import ACT32
 from llmfab.sim.linear_ops import ActCodes
 
+_BUF_AT_START, _STRIPED = int(Flag.BUF_AT_START), int(Flag.STRIPED)
+_WGT, _OUT = int(Buffer.WGT), int(Buffer.OUT)
+_MEMORY = (Opcode.LOAD, Opcode.STORE, Opcode.LOAD_ROWS)
+
 QUEUES = {  # (unit, bit) -> queue name
     (Unit.COMPUTE, "pop_prev"): "load->compute", (Unit.LOAD, "push_next"): "load->compute",
     (Unit.LOAD, "pop_next"): "compute->load", (Unit.COMPUTE, "push_prev"): "compute->load",
@@ -96,6 +100,8 @@ class Emulator:
                 data = np.fromfile(path, dtype=np.uint8)
                 memory[:data.size] = data
             self.hbm.append(memory)
+        self.tokens = [self._token_plan(inst) for inst in self.instructions]
+        self.transfer_plans: dict[int, list] = {}
         self.tile_cache: dict[tuple, PreparedTile] = {}
         self.wgt_tags: dict[int, tuple] = {}
         lim = self.manifest["limits"]
@@ -136,31 +142,32 @@ class Emulator:
         self.registers = Registers(n_tokens, position, self.registers.sinks, self.registers.window)
         stats = RunStats(routine, n_tokens, position)
         began = time.perf_counter()
-        queues = Counter()
+        queues = dict.fromkeys(set(QUEUES.values()), 0)
+        counts, moved = Counter(), Counter()
         for address in range(entry["entry"], entry["entry"] + entry["count"]):
             inst = self.instructions[address]
+            pops, pushes = self.tokens[address]
             self.current = address
-            for bit in ("pop_prev", "pop_next"):
-                if getattr(inst, bit):
-                    name = QUEUES[(inst.unit, bit)]
-                    if not queues[name]:
-                        self.fail(inst, f"pops the {name} token queue, which is empty in program order: the units "
-                                        "would deadlock")
-                    queues[name] -= 1
+            for name in pops:
+                if not queues[name]:
+                    self.fail(inst, f"pops the {name} token queue, which is empty in program order: the units "
+                                    "would deadlock")
+                queues[name] -= 1
             if inst.opcode is Opcode.END:
                 left = {k: v for k, v in queues.items() if v}
                 if left:
                     self.fail(inst, f"END with tokens left in {left}; every push must be popped")
-                stats.instructions[inst.opcode.name] += 1
+                counts[inst.opcode] += 1
                 break
-            stats.bytes[inst.opcode.name] += self.execute(inst)
-            stats.instructions[inst.opcode.name] += 1
-            for bit in ("push_prev", "push_next"):
-                if getattr(inst, bit):
-                    queues[QUEUES[(inst.unit, bit)]] += 1
+            moved[inst.opcode] += self.execute(inst)
+            counts[inst.opcode] += 1
+            for name in pushes:
+                queues[name] += 1
         else:
             raise EmulatorError(f"routine {routine} ran past its last instruction without END")
         self.position = position + n_tokens
+        stats.instructions.update({op.name: n for op, n in counts.items()})
+        stats.bytes.update({op.name: n for op, n in moved.items()})
         stats.seconds = time.perf_counter() - began
         return stats
 
@@ -179,11 +186,18 @@ class Emulator:
 
     # ------------------------------------------------------------- execution
 
+    @staticmethod
+    def _token_plan(inst: Instruction) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        unit = inst.unit
+        pops = tuple(QUEUES[(unit, b)] for b in ("pop_prev", "pop_next") if getattr(inst, b))
+        pushes = tuple(QUEUES[(unit, b)] for b in ("push_prev", "push_next") if getattr(inst, b))
+        return pops, pushes
+
     def fail(self, inst: Instruction, message: str):
         raise EmulatorError(f"instruction {self.current} ({inst.opcode.name}): {message}")
 
     def execute(self, inst: Instruction) -> int:
-        if inst.opcode in (Opcode.LOAD, Opcode.STORE, Opcode.LOAD_ROWS):
+        if inst.opcode in _MEMORY:
             return self.transfer(inst)
         handler = HANDLERS.get(inst.opcode)
         if handler is None:
@@ -195,10 +209,10 @@ class Emulator:
             self.fail(inst, str(err))
 
     def buffer(self, buf: int) -> np.ndarray:
-        try:
-            return self.buffers[Buffer(buf)]
-        except (ValueError, KeyError):
-            raise EmulatorError(f"instruction {self.current}: buffer id {buf} does not exist") from None
+        memory = self.buffers.get(buf)
+        if memory is None:
+            raise EmulatorError(f"instruction {self.current}: buffer id {buf} does not exist")
+        return memory
 
     def _check(self, buf: int, start: int, end: int) -> np.ndarray:
         memory = self.buffer(buf)
@@ -213,7 +227,7 @@ class Emulator:
 
     def put(self, buf: int, addr: int, data: np.ndarray) -> None:
         self._check(buf, addr, addr + data.size)[addr:addr + data.size] = data
-        if Buffer(buf) is Buffer.WGT:
+        if buf == _WGT:
             self._untag(addr, addr + data.size)
 
     def rows_view(self, buf: int, addr: int, rows: int, row_bytes: int, stride: int) -> np.ndarray:
@@ -252,7 +266,7 @@ class Emulator:
     # -- GEMM support
     def prepared_tile(self, inst: Instruction, shape: TileShape) -> PreparedTile:
         addr = inst.src1_addr
-        tag = self.wgt_tags.get(addr) if Buffer(inst.src1_buf) is Buffer.WGT else None
+        tag = self.wgt_tags.get(addr) if inst.src1_buf == _WGT else None
         key = None if tag is None else (tag, shape)
         if key is not None and key in self.tile_cache:
             return self.tile_cache[key]
@@ -281,36 +295,57 @@ class Emulator:
         start, count = row_range(inst, self.registers)
         if count == 0:
             return 0
-        memory = self.buffer(inst.buf)
-        base = inst.buf_addr - (0 if inst.flags & Flag.BUF_AT_START else start * inst.buf_stride)
+        static = inst.rows_src == 0 and inst.start_src == 0 and inst.opcode is not Opcode.LOAD_ROWS
+        plan = self.transfer_plans.get(self.current) if static else None
+        if plan is None:
+            plan = self._plan_transfer(inst, start, count)
+            if static:
+                self.transfer_plans[self.current] = plan
+        store = inst.opcode is Opcode.STORE
+        memory = self.buffers[inst.buf]
+        for hbm, hbm_at, buf_at, n in plan[0]:
+            if store:
+                hbm[hbm_at:hbm_at + n] = memory[buf_at:buf_at + n]
+            else:
+                memory[buf_at:buf_at + n] = hbm[hbm_at:hbm_at + n]
+        for hbm_view, buf_view in plan[1]:
+            if store:
+                hbm_view[...] = buf_view
+            else:
+                buf_view[...] = hbm_view
+        lo, hi = plan[2]
+        if store:
+            if plan[3]:
+                self.tile_cache.clear()  # a STORE into the initialised (weight) part of HBM
+        elif inst.buf == _WGT:
+            self._untag(lo, hi)
+            if inst.opcode is Opcode.LOAD:
+                self.wgt_tags[lo] = (inst.pc, inst.hbm_offset, inst.sub, inst.hbm_stride, start, count,
+                                     inst.row_bytes, inst.buf_stride, hi - lo)
+        return count * inst.row_bytes
+
+    def _plan_transfer(self, inst: Instruction, start: int, count: int) -> tuple:
+        """(row copies, strided lane copies, buffer byte range, touches initialised HBM) of a transfer."""
+        base = inst.buf_addr - (0 if inst.flags & _BUF_AT_START else start * inst.buf_stride)
         if inst.opcode is Opcode.LOAD_ROWS:
             ids = self.span(inst.ids_buf, inst.ids_addr, 4 * count).view(np.int32)
             rows = [(int(i), inst.buf_addr + t * inst.buf_stride) for t, i in enumerate(ids)]
         else:
             rows = [(r, base + r * inst.buf_stride) for r in range(start, start + count)]
-        lanes = max(inst.sub, 1) if inst.flags & Flag.STRIPED else 1
-        moved = 0
+        lanes = max(inst.sub, 1) if inst.flags & _STRIPED else 1
+        copies, strided = [], []
+        initialised = False
         if inst.opcode is not Opcode.LOAD_ROWS and lanes > 1 and count > lanes:
-            moved = self._striped_transfer(inst, start, count, base, lanes)
+            strided, initialised = self._striped_views(inst, start, count, base, lanes)
         else:
             for row, at in rows:
                 pc, offset = hbm_row(inst, row)
                 hbm = self._hbm(inst, pc, offset, inst.row_bytes)
-                buf = self._check(inst.buf, at, at + inst.row_bytes)
-                if inst.opcode is Opcode.STORE:
-                    hbm[offset:offset + inst.row_bytes] = buf[at:at + inst.row_bytes]
-                else:
-                    buf[at:at + inst.row_bytes] = hbm[offset:offset + inst.row_bytes]
-                moved += inst.row_bytes
-        if inst.opcode is Opcode.STORE:
-            self._invalidate_tiles(inst)
-        elif Buffer(inst.buf) is Buffer.WGT:
-            lo, hi = rows[0][1], rows[-1][1] + inst.row_bytes
-            self._untag(lo, hi)
-            if inst.opcode is Opcode.LOAD:
-                self.wgt_tags[lo] = (inst.pc, inst.hbm_offset, inst.sub, inst.hbm_stride, start, count,
-                                     inst.row_bytes, inst.buf_stride, hi - lo)
-        return moved
+                self._check(inst.buf, at, at + inst.row_bytes)
+                copies.append((hbm, offset, at, inst.row_bytes))
+                initialised |= offset < self.images[pc]["image_bytes"]
+        lo, hi = min(r[1] for r in rows), max(r[1] for r in rows) + inst.row_bytes
+        return copies, strided, (lo, hi), initialised
 
     def _hbm(self, inst: Instruction, pc: int, offset: int, nbytes: int) -> np.ndarray:
         if not 0 <= pc < len(self.hbm):
@@ -320,11 +355,13 @@ class Emulator:
             self.fail(inst, f"bytes {offset}..{offset + nbytes} of pseudo-channel {pc}, which holds {memory.size:,}")
         return memory
 
-    def _striped_transfer(self, inst: Instruction, start: int, count: int, base: int, lanes: int) -> int:
-        """Rows start..start+count-1 spread over ``lanes`` pseudo-channels: one strided copy per lane."""
+    def _striped_views(self, inst: Instruction, start: int, count: int, base: int, lanes: int):
+        """Rows start..start+count-1 spread over ``lanes`` pseudo-channels: one strided (HBM view,
+        buffer view) pair per lane, and whether any row lies in initialised HBM."""
         end = start + count
         self._check(inst.buf, base + start * inst.buf_stride, base + (end - 1) * inst.buf_stride + inst.row_bytes)
         memory = self.buffer(inst.buf)
+        views, initialised = [], False
         for lane in range(lanes):
             first = start + (lane - start) % lanes
             if first >= end:
@@ -332,23 +369,12 @@ class Emulator:
             n = (end - 1 - first) // lanes + 1
             pc, offset = hbm_row(inst, first)
             hbm = self._hbm(inst, pc, offset + (n - 1) * inst.hbm_stride, inst.row_bytes)
+            initialised |= offset < self.images[pc]["image_bytes"]
             hbm_view = np.lib.stride_tricks.as_strided(hbm[offset:], shape=(n, inst.row_bytes),
                                                        strides=(inst.hbm_stride, 1))
             at = base + first * inst.buf_stride
             buf_view = np.lib.stride_tricks.as_strided(memory[at:], shape=(n, inst.row_bytes),
                                                        strides=(lanes * inst.buf_stride, 1))
-            if inst.opcode is Opcode.STORE:
-                hbm_view[...] = buf_view
-            else:
-                buf_view[...] = hbm_view
-        return count * inst.row_bytes
+            views.append((hbm_view, buf_view))
+        return views, initialised
 
-    def _invalidate_tiles(self, inst: Instruction) -> None:
-        """A STORE into the initialised (weight) part of HBM drops the decoded-tile cache."""
-        _, count = row_range(inst, self.registers)
-        start, _ = row_range(inst, self.registers)
-        for row in (start, start + count - 1):
-            pc, offset = hbm_row(inst, row)
-            if offset < self.images[pc]["image_bytes"]:
-                self.tile_cache.clear()
-                return

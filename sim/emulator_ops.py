@@ -15,6 +15,9 @@ from llmfab.compiler.kv_layout import KvStreamLayout
 from llmfab.compiler.memory_plan import A8_HEADER_BYTES, EMBED_HEADER_BYTES, NORM_HEADER_BYTES
 from llmfab.compiler.weight_tiles import TileShape
 from llmfab.sim.emulator_gemm import finish_rows
+_HALF_ZERO, _ACC_FIRST, _ACC_LAST, _LAMBDA = (int(f) for f in (Flag.HALF_ZERO, Flag.ACC_FIRST, Flag.ACC_LAST, Flag.LAMBDA))
+_SPARSE_MODES = {int(m) for m in GemmMode if m.sparse}
+
 from llmfab.sim.numerics import (
     ActCodes,
     AttentionConstants,
@@ -42,7 +45,7 @@ def embed_rows(emu, inst: Instruction, t: int, p: int) -> int:
     mantissa, row_shift = header[:, 0].astype(np.int64), header[:, 1].view(np.int16).astype(np.int64)
     zeros = header[:, 2].astype(np.int64)
     codes = rows[:, EMBED_HEADER_BYTES:EMBED_HEADER_BYTES + inst.cols].astype(np.int64)
-    half = bool(inst.flags & Flag.HALF_ZERO)
+    half = bool(inst.flags & _HALF_ZERO)
     values = signed_weights(2 * codes if half else codes, zeros[:, None], inst.cols)
     table = IntegerWeight(values, mantissa[:, None], row_shift, inst.cols)
     emu.write_act32(inst.dst_buf, inst.dst_addr, embed(np.arange(t), table))
@@ -73,13 +76,13 @@ def requant(emu, inst: Instruction, t: int, p: int) -> int:
 def gemm(emu, inst: Instruction, t: int, p: int) -> int:
     k0, a8_stride = inst.imm & 0xFFFF, inst.imm >> 16
     act = emu.read_a8(inst.src0_buf, inst.src0_addr, t, a8_stride, k0, inst.depth)
-    shape = TileShape(inst.cols, inst.depth, inst.aux, inst.sub, GemmMode(inst.mode).sparse,
-                      bool(inst.flags & Flag.HALF_ZERO))
+    shape = TileShape(inst.cols, inst.depth, inst.aux, inst.sub, inst.mode in _SPARSE_MODES,
+                      bool(inst.flags & _HALF_ZERO))
     tile = emu.prepared_tile(inst, shape)
     rows = tile.row_sums(act.codes)
-    if not inst.flags & Flag.ACC_FIRST:
+    if not inst.flags & _ACC_FIRST:
         rows = rows + emu.accumulator(inst, t)
-    if inst.flags & Flag.ACC_LAST:
+    if inst.flags & _ACC_LAST:
         emu.write_act32(inst.dst_buf, inst.dst_addr, finish_rows(rows, act, tile.row_shift), inst.stride)
     else:
         emu.store_accumulator(inst, rows)
@@ -207,7 +210,7 @@ def kv_quant(emu, inst: Instruction, t: int, p: int) -> int:
 
 
 def attend(emu, inst: Instruction, t: int, p: int) -> int:
-    if inst.flags & Flag.LAMBDA:
+    if inst.flags & _LAMBDA:
         emu.fail(inst, "Λ visibility is not implemented by this emulator yet")
     keys_lay = stream_layout(inst, inst.mode & 3)
     values_lay = stream_layout(inst, inst.mode >> 2)
