@@ -61,7 +61,7 @@ class KvQuantizeUnit(RowUnit):
     def row_fields(self):
         return {"scale": unsigned(SCALE_BITS), "offset": signed(ACT32.bits)}
 
-    def statistics(self, m):
+    def statistics(self, m, config):
         return (Signal(signed(ACT32.bits), name="low"), Signal(signed(ACT32.bits), name="high"))
 
     def reduce(self, lane, beat):

@@ -42,6 +42,20 @@ class Lane:
             out[name] = reg
         return SimpleNamespace(**out)
 
+    def fork(self, prefix: str) -> "Lane":
+        """A parallel chain starting at this chain's depth (e.g. one per element of a beat);
+        bring it back with `join`."""
+        lane = Lane(self.m, self.advance, f"{self.prefix}_{prefix}")
+        lane.latency = self.latency
+        return lane
+
+    def join(self, lanes: list["Lane"]) -> None:
+        """Continue after parallel chains of equal depth."""
+        depths = {lane.latency for lane in lanes}
+        if len(depths) != 1:
+            raise AssertionError(f"forked chains of different depths {sorted(depths)}")
+        self.latency = depths.pop()
+
     def carry(self, carried: dict[str, Value], **values: Value) -> tuple[SimpleNamespace, dict[str, Value]]:
         """A stage that also delays the `carried` side values; returns (new registers, carried registers)."""
         registers = self.stage(**values, **carried)

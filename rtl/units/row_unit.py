@@ -67,7 +67,7 @@ class RowUnit(wiring.Component):
     - `input_fields()`, `output_fields()`: per-lane fields (name -> shape) of input/output beats;
       `row_fields()`: per-row constants repeated in every output beat; `config_fields()`: static
       input ports (held constant while a row is processed);
-    - `statistics(m)`: the running statistic registers (a namespace) and
+    - `statistics(m, config)`: the running statistic registers (a namespace) and
       `reduce(lane, beat) -> dict` (the beat's statistic through a tree) and
       `accumulate(stats, reduced, first) -> list of assignments`;
     - optionally `sweep(lane, beat, stats, config) -> Value` (per-beat value summed in pass 2;
@@ -89,7 +89,8 @@ class RowUnit(wiring.Component):
         self.max_beats = max_beats
         per_lane = lambda fields: {n: data.ArrayLayout(s, lanes) for n, s in fields.items()}
         self.stored_layout = data.StructLayout(per_lane(self.input_fields()))
-        in_layout = data.StructLayout({**per_lane(self.input_fields()), "last": unsigned(1)})
+        in_layout = data.StructLayout({**per_lane(self.input_fields()), **self.row_input_fields(),
+                                       "last": unsigned(1)})
         out_layout = data.StructLayout({**per_lane(self.output_fields()), **self.row_fields(), "last": unsigned(1)})
         members = {"i": In(stream.Signature(in_layout)), "o": Out(stream.Signature(out_layout))}
         members.update({name: In(shape) for name, shape in self.config_fields().items()})
@@ -108,6 +109,10 @@ class RowUnit(wiring.Component):
     def config_fields(self) -> dict[str, ShapeLike]:
         return {}
 
+    def row_input_fields(self) -> dict[str, ShapeLike]:
+        """Per-row inputs carried by the input beats, taken from the row's first beat."""
+        return {}
+
     @classmethod
     def reduction_latency(cls, lanes: int) -> int:
         return tree_stages(lanes)
@@ -123,7 +128,8 @@ class RowUnit(wiring.Component):
     # -- skeleton ------------------------------------------------------------------------------
     def elaborate(self, platform):
         m = Module()
-        config = SimpleNamespace(**{name: getattr(self, name) for name in self.config_fields()})
+        row_inputs = {name: Signal(shape, name=f"row_input_{name}") for name, shape in self.row_input_fields().items()}
+        config = SimpleNamespace(**{name: getattr(self, name) for name in self.config_fields()}, **row_inputs)
         store = Memory(shape=self.stored_layout, depth=self.max_beats, init=[])
         m.submodules.row_buffer = store
         write = store.write_port()
@@ -136,7 +142,7 @@ class RowUnit(wiring.Component):
         # collect: write the beat, reduce it
         accept = Signal(name="accept")
         first = Signal(init=1, name="first_beat")
-        stats = self.statistics(m)
+        stats = self.statistics(m, config)
         reduce_lane = Lane(m, Const(1), "reduce")
         beat_in = SimpleNamespace(**{name: self.i.payload[name] for name in self.input_fields()})
         reduced = self.reduce(reduce_lane, beat_in)
@@ -216,6 +222,8 @@ class RowUnit(wiring.Component):
                 m.d.comb += [write.addr.eq(beats), write.data.eq(self._stored(beat_in)), write.en.eq(accept)]
                 with m.If(accept):
                     m.d.sync += [beats.eq(beats + 1), first.eq(0)]
+                    with m.If(first):
+                        m.d.sync += [reg.eq(self.i.payload[name]) for name, reg in row_inputs.items()]
                     with m.If(self.i.payload.last):
                         m.d.sync += countdown.eq(self.reduction_latency(self.lanes))
                         m.next = "drain"
@@ -264,7 +272,7 @@ class RowUnit(wiring.Component):
 class PeakStatistic:
     """Mixin of the RowUnits reducing `max |x|` over the row's ACT32 field `x` (32-bit unsigned)."""
 
-    def statistics(self, m):
+    def statistics(self, m, config):
         return Signal(unsigned(32), name="peak")
 
     def reduce(self, lane, beat):
