@@ -24,7 +24,7 @@ from llmfab.quant.config import ModelConfig
 from llmfab.quant.model import LlamaModel, iter_linears, replace_linear
 from llmfab.quant.packing import SUPPORTED_BITS, pack_2to4_index, pack_bits, unpack_2to4_index, unpack_bits
 from llmfab.quant.qlinear import QuantEmbedding, QuantLinear
-from llmfab.quant.recipe import FLOAT_BITS, Recipe, kv_bytes_per_token
+from llmfab.quant.recipe import Recipe, kv_bytes_per_token
 from llmfab.quant.rope import RotaryEmbedding
 from llmfab.quant.tokenizer import Tokenizer
 from llmfab.quant.weight_quant import QuantizedWeight
@@ -180,7 +180,7 @@ def _rebuild_model(config: ModelConfig, recipe: Recipe, tensors: dict, layouts: 
         layout = layouts[prefix]
         replace_linear(model, i, name, QuantLinear(_unpack(tensors, prefix, layout), layout["act_bits"]))
     embed = QuantEmbedding(_unpack(tensors, "model.embed_tokens", layouts["model.embed_tokens"]))
-    head_act = None if recipe.act_bits == FLOAT_BITS else recipe.act_bits
+    head_act = recipe.head_input_bits
     if config.tie_word_embeddings:
         head = QuantLinear(embed.quantized, head_act, weight=embed.weight)
     else:

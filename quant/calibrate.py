@@ -101,7 +101,7 @@ def quantize_model(model: LlamaModel, recipe: Recipe, windows: torch.Tensor, pro
                 compressed = compress_linear(module.weight, hessians[name], recipe, act_bits, obs, full_name)
                 replace_linear(model, index, name, compressed)
         hidden = _run_layer(layer, hidden, cos, sin)
-    quantize_embeddings(model, act_bits)
+    quantize_embeddings(model, recipe.head_input_bits)
     return model
 
 

@@ -62,6 +62,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qat-from", metavar="ARTIFACT",
                         help="skip calibration and start QAT from this post-training artifact of the "
                         "same model and recipe (QAT settings may differ)")
+    parser.add_argument("--head-act-bits", type=int, choices=(8, 16),
+                        help="bits of the LM head's input: 8 = per-token int8 like the other linear "
+                        "layers, 16 = left in floating point (default: as --act-bits, except w8a8kv8: 16)")
     parser.add_argument("--smooth-alpha", type=_alpha_or_off, metavar="ALPHA|off",
                         help="SmoothQuant migration strength, 0 < ALPHA < 1: before GPTQ, divide each "
                         "linear input channel by max|x|^ALPHA / max|w|^(1-ALPHA) (calibration maxima) "
@@ -97,7 +100,7 @@ def recipe_from_args(args):
         args.preset, weight_bits=args.weight_bits, group_size=args.group_size,
         act_bits=args.act_bits, kv_bits=args.kv_bits, kv_key_granularity=keys, kv_value_granularity=values,
         sparsity=args.sparsity, pruning=args.pruning, zero_point=args.zero_point,
-        sinks=args.sinks, window=args.window, calib_texts=args.calib_text,
+        sinks=args.sinks, window=args.window, calib_texts=args.calib_text, head_act_bits=args.head_act_bits,
         calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, qat_steps=args.qat_steps,
         qat_lr=args.qat_lr, qat_scale_lr=args.qat_scale_lr, qat_loss=args.qat_loss, qat_mode=args.qat_mode,
         smooth_alpha=None if smoothing_off else args.smooth_alpha,
