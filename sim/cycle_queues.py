@@ -68,13 +68,18 @@ class Schedule:
         return float(self.end[mask].max() - self.busy_cycles(unit))
 
 
-def schedule(unit, cycles, pop_prev, pop_next, push_prev, push_next, base_address: int = 0) -> Schedule:
+def schedule(unit, cycles, pop_prev, pop_next, push_prev, push_next, base_address: int = 0,
+             latency=None) -> Schedule:
     """Time a stream of instructions on the three units honouring their dependency tokens.
 
     All arguments are equal-length sequences, one entry per instruction in program order: the
     unit (LOAD/COMPUTE/STORE), its latency in cycles and its four token flags. Raises
     DependencyError naming the instruction address (base_address + index) if a unit waits for a
     token nobody pushes, or if an instruction uses a neighbour its unit does not have.
+
+    `latency` (optional, per instruction, part of `cycles`) is a request latency the unit can
+    overlap with its previous instruction: the request goes out as soon as the tokens allow, so
+    the data phase starts at max(unit free, ready + latency) — outstanding AXI reads.
     """
     unit = np.asarray(unit, dtype=np.int64)
     cycles = np.asarray(cycles, dtype=np.float64)
@@ -94,6 +99,7 @@ def schedule(unit, cycles, pop_prev, pop_next, push_prev, push_next, base_addres
     pop_queues = [_queues_of(unit, flags[0], _POP_PREV), _queues_of(unit, flags[1], _POP_NEXT)]
     push_queues = [_queues_of(unit, flags[2], _PUSH_PREV), _queues_of(unit, flags[3], _PUSH_NEXT)]
     cyc = cycles.tolist()
+    lat = [0.0] * n if latency is None else np.minimum(np.asarray(latency, dtype=np.float64), cycles).tolist()
     start = [0.0] * n
     end = [0.0] * n
     pushed: list[list[float]] = [[], [], [], []]  # push times per token queue
@@ -110,12 +116,12 @@ def schedule(unit, cycles, pop_prev, pop_next, push_prev, push_next, base_addres
                 waits = [q for q in (pop_queues[0][i], pop_queues[1][i]) if q >= 0]
                 if any(popped[q] >= len(pushed[q]) for q in waits):
                     break  # its token is not pushed yet; let the other units run
-                t = free[u]
+                ready = 0.0
                 for q in waits:
-                    t = max(t, pushed[q][popped[q]])
+                    ready = max(ready, pushed[q][popped[q]])
                     popped[q] += 1
-                start[i] = t
-                end[i] = free[u] = t + cyc[i]
+                start[i] = max(free[u], ready)
+                end[i] = free[u] = max(free[u], ready + lat[i]) + cyc[i] - lat[i]
                 for q in (push_queues[0][i], push_queues[1][i]):
                     if q >= 0:
                         pushed[q].append(end[i])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from llmfab.compiler.isa import Flag, Opcode
+from llmfab.compiler.isa import Buffer, Flag, Opcode, Unit
 
 from .cycle_program import TimedProgram
 
@@ -29,3 +29,22 @@ def stripe_single_port_transfers(program: TimedProgram, min_bytes: int = 64 * 10
                                 flags=int(inst.flags) | Flag.STRIPED, sub=ports)
         out.append(inst)
     return dataclasses.replace(program, instructions=tuple(out), name=f"{program.name} (single-port regions striped)")
+
+
+def unbounded_weight_prefetch(program: TimedProgram) -> TimedProgram:
+    """Drop the waits of weight-tile LOADs for a free tile slot, as if the weight buffer held every
+    tile: an upper bound on what deeper prefetching (more slots) can overlap.
+
+    COMPUTE -> LOAD tokens are paired in order (the k-th pop takes the k-th push); every pair whose
+    pop belongs to a LOAD into the weight buffer is removed on both sides, so the stream stays
+    balanced and the other waits (KV buffer, norm slots) are kept.
+    """
+    insts = list(program.instructions)
+    pushes = [i for i, inst in enumerate(insts) if inst.unit is Unit.COMPUTE and inst.push_prev]
+    pops = [i for i, inst in enumerate(insts) if inst.unit is Unit.LOAD and inst.pop_next]
+    for push, pop in zip(pushes, pops):
+        inst = insts[pop]
+        if inst.opcode is Opcode.LOAD and inst.buf == Buffer.WGT and inst.rows > 1:
+            insts[pop] = inst.replace(pop_next=0)
+            insts[push] = insts[push].replace(push_prev=0)
+    return dataclasses.replace(program, instructions=tuple(insts), name=f"{program.name} (unbounded weight prefetch)")

@@ -46,6 +46,7 @@ class OpCost:
     macs: float = 0.0  # multiply-accumulates (elements for Mode.SPECIAL)
     mode: Mode | None = None
     sfu_elements: float = 0.0  # special-function elements done alongside (attention softmax)
+    latency: float = 0.0  # part of `cycles` the unit can overlap with its previous transfer (request latency)
     buffer_overflow_bytes: float = 0.0  # bytes beyond the buffer's capacity (a program/config mismatch)
 
 
@@ -68,7 +69,8 @@ def _memory_rows(inst: Instruction, regs: Registers) -> tuple[int, int]:
 
 def _transfer(inst: Instruction, regs: Registers, config: HardwareConfig, gather: bool,
               hbm: HbmTiming) -> tuple[float, float, float]:
-    """(cycles, bytes, bytes past the buffer end) of a MEMORY instruction."""
+    """(cycles, bytes, bytes past the buffer end) of a MEMORY instruction; cycles include the
+    request latency (`hbm_timing.latency_cycles`), which the queues may overlap."""
     start, count = _memory_rows(inst, regs)
     nbytes = count * inst.row_bytes
     if nbytes == 0:
@@ -93,21 +95,27 @@ def load_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
               hbm: HbmTiming = DEFAULT_HBM_TIMING) -> OpCost:
     """LOAD: rows of `row_bytes` over 1 port, or over `sub` ports when STRIPED (see hbm_timing)."""
     cycles, nbytes, overflow = _transfer(inst, regs, config, False, hbm)
-    return OpCost(cycles, hbm_read_bytes=nbytes, buffer_overflow_bytes=overflow)
+    return OpCost(cycles, hbm_read_bytes=nbytes, buffer_overflow_bytes=overflow,
+                  latency=_latency(cycles, config, hbm))
 
 
 def load_rows_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
                    hbm: HbmTiming = DEFAULT_HBM_TIMING) -> OpCost:
     """LOAD_ROWS: a gather, so every row starts its own bursts."""
     cycles, nbytes, overflow = _transfer(inst, regs, config, True, hbm)
-    return OpCost(cycles, hbm_read_bytes=nbytes, buffer_overflow_bytes=overflow)
+    return OpCost(cycles, hbm_read_bytes=nbytes, buffer_overflow_bytes=overflow,
+                  latency=_latency(cycles, config, hbm))
 
 
 def store_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
                hbm: HbmTiming = DEFAULT_HBM_TIMING) -> OpCost:
     """STORE: as LOAD, writing."""
     cycles, nbytes, _ = _transfer(inst, regs, config, False, hbm)
-    return OpCost(cycles, hbm_write_bytes=nbytes)
+    return OpCost(cycles, hbm_write_bytes=nbytes, latency=_latency(cycles, config, hbm))
+
+
+def _latency(cycles: float, config: HardwareConfig, hbm: HbmTiming) -> float:
+    return hbm_timing.latency_cycles(config, hbm) if cycles else 0.0
 
 
 def gemm_cost(inst: Instruction, regs: Registers, config: HardwareConfig) -> OpCost:

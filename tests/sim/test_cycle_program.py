@@ -91,3 +91,12 @@ def test_retarget_keeps_the_program_only_for_the_same_buffers(dense, hardware):
     bigger = HardwareConfig(board=hardware.board, engine=hardware.engine.replace(kv_buffer_bytes=2 << 20))
     with pytest.raises(InputError, match="compile the model again"):
         dense.retarget(bigger)
+
+
+def test_unbounded_weight_prefetch_keeps_tokens_balanced_and_never_slows(lam):
+    from llmfab.sim.cycle_whatif import unbounded_weight_prefetch
+
+    free = unbounded_weight_prefetch(lam)
+    for unit_flag in ("pop_next", "push_prev"):
+        assert sum(getattr(i, unit_flag) for i in free.instructions) < sum(getattr(i, unit_flag) for i in lam.instructions)
+    assert Simulator(free).decode(300).cycles <= Simulator(lam).decode(300).cycles

@@ -81,3 +81,13 @@ def test_time_is_never_below_the_busiest_unit():
     zeros = np.zeros(200, bool)
     s = schedule(units, cycles, zeros, zeros, zeros, zeros)
     assert s.total_cycles == max(cycles[units == u].sum() for u in range(3))
+
+
+def test_request_latency_overlaps_the_previous_transfer_only():
+    # Back to back: the second request goes out while the first streams, so its 4 latency cycles hide.
+    s = schedule([LOAD, LOAD], [10, 10], [0, 0], [0, 0], [0, 0], [0, 0], latency=[4, 4])
+    assert s.end.tolist() == [10, 16]
+    # After a token wait the unit was idle, so the latency is paid in full.
+    s = schedule([COMPUTE, LOAD, LOAD], [20, 10, 10], [0, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0],
+                 latency=[0, 4, 4])
+    assert s.end.tolist() == [20, 10, 30]
