@@ -127,8 +127,9 @@ class Flag(enum.IntFlag):
     BUF_AT_START = 1  # advance the buffer address by start * buf_stride as well as the HBM address
     RING = 2  # rows are stream positions mapped to Λ cache slots (sinks + ring)
     STRIPED = 4  # row r lives in pseudo-channel pc + r mod sub, at hbm_offset + (r div sub) * hbm_stride
-    # ATTENTION / ROPE
-    LAMBDA = 1  # Λ visibility (sinks + window) instead of causal
+    # ATTENTION / KV_QUANT
+    LAMBDA = 1  # Λ cache: sinks + ring slots, Λ visibility, keys rotated by slot
+    KV8 = 2  # 8-bit cache codes instead of 4-bit
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 (docs/isa.md, "KV stream region").
 
 Sections, 64-byte aligned from the region start: codes (two 4-bit codes per byte, ``[capacity,
-KV*D/2]``; ACT32 streams hold int32 ``[capacity, KV*D]`` here instead), statistics (int32 (scale,
+KV*D/2]``, or one 8-bit code per byte; ACT32 streams hold int32 ``[capacity, KV*D]`` here instead), statistics (int32 (scale,
 offset) per token ``[capacity, KV, 2]``, or per block of B tokens ``[capacity/B, KV, D, 2]``) and,
 per channel, the staging area int32 ``[B, KV, D]`` holding the unfinished block.
 """
@@ -17,13 +17,14 @@ from llmfab.compiler.weight_tiles import align
 
 @dataclass(frozen=True)
 class KvStreamLayout:
-    """One stream: storage mode, slot capacity, KV heads, head_dim, block tokens B."""
+    """One stream: storage mode, slot capacity, KV heads, head_dim, block tokens B, code bits (4 or 8)."""
 
     mode: KvMode
     capacity: int
     kv_heads: int
     head_dim: int
     block_tokens: int
+    bits: int = 4
 
     def __post_init__(self) -> None:
         if self.mode is KvMode.KV4_CHANNEL and self.capacity % self.block_tokens:
@@ -38,7 +39,7 @@ class KvStreamLayout:
     @property
     def code_row_bytes(self) -> int:
         """Bytes of one slot's codes (or ACT32 values)."""
-        return 4 * self.width if self.mode is KvMode.ACT32 else self.width // 2
+        return 4 * self.width if self.mode is KvMode.ACT32 else self.width * self.bits // 8
 
     @property
     def stat_row_bytes(self) -> int:

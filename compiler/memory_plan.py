@@ -184,7 +184,7 @@ def kv_capacity(plan: ModelPlan, kv_bytes: int) -> int:
     c, block = plan.config, plan.block_tokens
 
     def size(capacity: int) -> int:
-        return sum(KvStreamLayout(m, capacity, c.num_kv_heads, c.head_dim, block).nbytes
+        return sum(KvStreamLayout(m, capacity, c.num_kv_heads, c.head_dim, block, plan.kv_bits).nbytes
                    for m in (plan.key_mode, plan.value_mode))
 
     hi = c.max_position_embeddings // block * block
@@ -251,8 +251,8 @@ def _try_plan(plan: ModelPlan, hardware: HardwareConfig, chunk: int, capacity: i
     out.take("stage1", stage_bytes)
     if not out.fits():
         return None
-    keys = KvStreamLayout(plan.key_mode, capacity, c.num_kv_heads, c.head_dim, plan.block_tokens)
-    values = KvStreamLayout(plan.value_mode, capacity, c.num_kv_heads, c.head_dim, plan.block_tokens)
+    keys = KvStreamLayout(plan.key_mode, capacity, c.num_kv_heads, c.head_dim, plan.block_tokens, plan.kv_bits)
+    values = KvStreamLayout(plan.value_mode, capacity, c.num_kv_heads, c.head_dim, plan.block_tokens, plan.kv_bits)
     kv = BufferMap(Buffer.KV, e.kv_buffer_bytes)
     kv.take("keys", keys.nbytes)
     kv.take("values", values.nbytes)

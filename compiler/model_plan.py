@@ -20,8 +20,6 @@ from llmfab.quant.recipe import Recipe, kv4_cache_config
 from llmfab.quant.weight_quant import ZeroPoint
 from llmfab.quant.weights import LINEAR_NAMES
 
-KV4_BITS = 4
-
 
 @dataclass(frozen=True)
 class LinearSpec:
@@ -51,6 +49,7 @@ class ModelPlan:
     key_mode: KvMode
     value_mode: KvMode
     block_tokens: int
+    kv_bits: int  # cache code width (4 or 8; unused for ACT32 streams)
 
     @classmethod
     def build(cls, config: ModelConfig, recipe: Recipe, name: str = "") -> "ModelPlan":
@@ -63,8 +62,8 @@ class ModelPlan:
                 "scheduler emits dense (causal) attention programs only so far. Quantize with a dense "
                 "preset (e.g. w2a8kv4) or drop --sinks/--window")
         recipe.check_model(config)
-        key_mode, value_mode, block = kv_modes(recipe)
-        return cls(name or config.name, config, recipe, key_mode, value_mode, block)
+        key_mode, value_mode, block, bits = kv_modes(recipe)
+        return cls(name or config.name, config, recipe, key_mode, value_mode, block, bits)
 
     @property
     def lambda_attention(self) -> bool:
@@ -94,26 +93,32 @@ class ModelPlan:
         return out + [self.lm_head]
 
 
-def kv_modes(recipe: Recipe) -> tuple[KvMode, KvMode, int]:
-    """(key mode, value mode, block tokens): KV4 as the recipe asks, ACT32 streams for any other
-    cache width (the integer numerics define KV4 only; docs/numerics.md §6.4)."""
-    if recipe.kv_bits != KV4_BITS:
-        return KvMode.ACT32, KvMode.ACT32, 1
+def kv_modes(recipe: Recipe) -> tuple[KvMode, KvMode, int, int]:
+    """(key mode, value mode, block tokens, code bits) of the recipe's cache
+    (quant.recipe.kv4_cache_config): 4- or 8-bit codes per token or per channel, ACT32 for a float cache."""
     config = kv4_cache_config(recipe)
+    if config is None:
+        return KvMode.ACT32, KvMode.ACT32, 1, 4
 
     def mode(granularity: KvGranularity) -> KvMode:
         return KvMode.KV4_CHANNEL if granularity is KvGranularity.PER_CHANNEL else KvMode.KV4_TOKEN
 
-    block = config.keys.block_tokens if config.keys.granularity is KvGranularity.PER_CHANNEL else config.values.block_tokens
-    return mode(config.keys.granularity), mode(config.values.granularity), block
+    keys, values = config.keys, config.values
+    if keys.bits != values.bits:
+        raise InputError(f"recipe {recipe.name}: keys with {keys.bits}-bit and values with {values.bits}-bit codes; "
+                         "the engine's cache unit takes one code width for both")
+    channel = [c.block_tokens for c in (keys, values) if c.granularity is KvGranularity.PER_CHANNEL]
+    if len(set(channel)) > 1:
+        raise InputError(f"recipe {recipe.name}: per-channel keys and values with different blocks {channel}")
+    return mode(keys.granularity), mode(values.granularity), (channel[0] if channel else 1), keys.bits
 
 
-def reference_integer_model(model, recipe: Recipe):
-    """The :class:`~llmfab.sim.integer_model.IntegerModel` a program of this recipe must match bit
-    for bit (KV4 cache as the recipe asks, ACT32 otherwise)."""
-    from llmfab.sim.integer_weights import integer_model_from_torch
+def reference_integer_model(artifact):
+    """The :class:`~llmfab.sim.integer_model.IntegerModel` a program compiled from ``artifact`` (a
+    loaded artifact) must match bit for bit."""
+    from llmfab.sim.integer_weights import integer_model_from_artifact
 
-    return integer_model_from_torch(model, kv4_cache_config(recipe) if recipe.kv_bits == KV4_BITS else None)
+    return integer_model_from_artifact(artifact)
 
 
 class WeightSource:

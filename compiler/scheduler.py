@@ -390,17 +390,20 @@ class RoutineEmitter:
         for stream, lay, src in self.streams():
             base = self.region(self.m.kv, stream)
             s = self.act(src)
-            self.add(Instruction(Opcode.KV_QUANT, mode=lay.mode, src0_buf=Buffer.ACT, src0_addr=s[1], dst_buf=Buffer.KV,
+            self.add(Instruction(Opcode.KV_QUANT, mode=lay.mode, flags=self.kv_flags(), src0_buf=Buffer.ACT, src0_addr=s[1], dst_buf=Buffer.KV,
                                  dst_addr=base[1], cols=c.kv_dim, depth=c.head_dim, aux=lay.block_tokens,
                                  imm=lay.capacity, rows_src=RowSource.TOKENS), reads=[s, base], writes=[base])
         self.kv_transfers(layer, Opcode.STORE)
+
+    def kv_flags(self) -> int:
+        return int(Flag.KV8) if self.plan.kv_bits == 8 else 0
 
     def attention(self) -> None:
         c = self.plan.config
         keys, values = self.region(self.m.kv, "keys"), self.region(self.m.kv, "values")
         q, out = self.act("q"), self.act("attn")
         mode = int(self.m.keys.mode) | int(self.m.values.mode) << 2
-        self.add(Instruction(Opcode.ATTENTION, mode=mode, src0_buf=Buffer.ACT, src0_addr=q[1], src1_buf=Buffer.KV,
+        self.add(Instruction(Opcode.ATTENTION, mode=mode, flags=self.kv_flags(), src0_buf=Buffer.ACT, src0_addr=q[1], src1_buf=Buffer.KV,
                              src1_addr=keys[1], stride=values[1], dst_buf=Buffer.ACT, dst_addr=out[1], cols=c.q_dim,
                              depth=c.head_dim, sub=c.num_kv_heads, aux=self.m.keys.block_tokens,
                              imm=self.m.keys.capacity, rows_src=RowSource.TOKENS),
@@ -434,7 +437,7 @@ def build_report(compiled: Compiled) -> dict:
             GemmMode.GEMV_SPARSE if sparse else GemmMode.GEMV)
         head_mode = GemmMode.GEMM if prefill else GemmMode.GEMV
         modes[routine] = {"decoder linears": linear_mode.name, "lm_head": head_mode.name,
-                          "attention": f"ATTENTION keys {m.keys.mode.name}, values {m.values.mode.name}"}
+                          "attention": f"ATTENTION keys {kv_name(m.keys)}, values {kv_name(m.values)}"}
     tiles = {name: {"n_tile": t.n_tile, "k_tile": t.k_tile, "tiles": len(t.tiles),
                     "tile_bytes": max(x.shape.nbytes for x in t.tiles), "k_split": t.k_split}
              for name, t in m.tilings.items()}
@@ -455,6 +458,11 @@ def build_report(compiled: Compiled) -> dict:
         "hbm_bytes_by_kind": dict(kinds),
         "instructions": counts,
     }
+
+
+def kv_name(lay: KvStreamLayout) -> str:
+    return {KvMode.ACT32: "ACT32", KvMode.KV4_TOKEN: f"KV{lay.bits} per token",
+            KvMode.KV4_CHANNEL: f"KV{lay.bits} per channel (blocks of {lay.block_tokens})"}[lay.mode]
 
 
 def format_report(report: dict) -> str:

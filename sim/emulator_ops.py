@@ -15,7 +15,8 @@ from llmfab.compiler.kv_layout import KvStreamLayout
 from llmfab.compiler.memory_plan import A8_HEADER_BYTES, EMBED_HEADER_BYTES, NORM_HEADER_BYTES
 from llmfab.compiler.weight_tiles import TileShape
 from llmfab.sim.emulator_gemm import finish_rows
-_HALF_ZERO, _ACC_FIRST, _ACC_LAST, _LAMBDA = (int(f) for f in (Flag.HALF_ZERO, Flag.ACC_FIRST, Flag.ACC_LAST, Flag.LAMBDA))
+_HALF_ZERO, _ACC_FIRST, _ACC_LAST, _LAMBDA, _KV8 = (int(f) for f in (Flag.HALF_ZERO, Flag.ACC_FIRST, Flag.ACC_LAST,
+                                                                    Flag.LAMBDA, Flag.KV8))
 _SPARSE_MODES = {int(m) for m in GemmMode if m.sparse}
 
 from llmfab.sim.numerics import (
@@ -100,8 +101,8 @@ def rope(emu, inst: Instruction, t: int, p: int) -> int:
 
 
 def stream_layout(inst: Instruction, mode: KvMode) -> KvStreamLayout:
-    return KvStreamLayout(KvMode(mode), inst.imm, inst.cols // inst.depth if inst.opcode is Opcode.KV_QUANT
-                          else inst.sub, inst.depth, inst.aux)
+    kv_heads = inst.cols // inst.depth if inst.opcode is Opcode.KV_QUANT else inst.sub
+    return KvStreamLayout(KvMode(mode), inst.imm, kv_heads, inst.depth, inst.aux, 8 if inst.flags & _KV8 else 4)
 
 
 class StreamView:
@@ -116,6 +117,8 @@ class StreamView:
         raw = self.emu.span(3, self.base + lay.codes_offset + first * lay.code_row_bytes, count * lay.code_row_bytes)
         if lay.mode is KvMode.ACT32:
             return raw.view(np.int32).astype(np.int64).reshape(count, lay.kv_heads, lay.head_dim)
+        if lay.bits == 8:
+            return raw.astype(np.int64).reshape(count, lay.kv_heads, lay.head_dim)
         nibbles = np.stack([raw & 0xF, raw >> 4], axis=-1).astype(np.int64)
         return nibbles.reshape(count, lay.kv_heads, lay.head_dim)
 
@@ -124,6 +127,8 @@ class StreamView:
         values = np.asarray(values, dtype=np.int64).reshape(values.shape[0], -1)
         if lay.mode is KvMode.ACT32:
             raw = values.astype(np.int32).view(np.uint8)
+        elif lay.bits == 8:
+            raw = values.astype(np.uint8)
         else:
             raw = (values[:, 0::2] | (values[:, 1::2] << 4)).astype(np.uint8)
         start = self.base + lay.codes_offset + first * lay.code_row_bytes
@@ -161,7 +166,7 @@ class StreamView:
         if lay.mode is KvMode.ACT32:
             self.put_codes(position, x)
         elif lay.mode is KvMode.KV4_TOKEN:
-            block = kv4_quantize(x.transpose(1, 0, 2), axis=-1)  # [KV, T, D], stats per (head, token)
+            block = kv4_quantize(x.transpose(1, 0, 2), axis=-1, bits=lay.bits)  # [KV, T, D], stats per (head, token)
             self.put_codes(position, block.codes.transpose(1, 0, 2))
             self.put_stats(position, block.scale[..., 0].T, block.offset[..., 0].T)
         else:
@@ -172,7 +177,7 @@ class StreamView:
             full = staged.shape[0] // b
             if full:
                 blocks = staged[:full * b].reshape(full, b, lay.kv_heads, lay.head_dim).transpose(2, 0, 1, 3)
-                q = kv4_quantize(blocks, axis=2)  # [KV, blocks, B, D], stats per (head, block, channel)
+                q = kv4_quantize(blocks, axis=2, bits=lay.bits)  # [KV, blocks, B, D], stats per (head, block, channel)
                 self.put_codes(first_block * b, q.codes.transpose(1, 2, 0, 3).reshape(full * b, -1))
                 self.put_stats(first_block, q.scale[:, :, 0].transpose(1, 0, 2), q.offset[:, :, 0].transpose(1, 0, 2))
             rest = staged[full * b:]

@@ -18,6 +18,7 @@ from llmfab.sim.integer_weights import round_to_nearest_model
 # 2-bit 2:4 weights with half-integer zero points (the accllm formats), KV4 cache, dense attention
 SPARSE_W2 = dict(recipe=dict(preset="w2a8kv4", group_size=32, sparsity="2:4", zero_point="half-integer"),
                  rtn=dict(bits=2, group_size=32, sparse=True, zero_halves=True))
+W8_KV8 = dict(recipe=dict(preset="w8a8kv8", group_size=32, smooth_alpha=None), rtn=dict(bits=8, group_size=32))
 DENSE_W4 = dict(recipe=dict(preset="w4a8kv4", group_size=32, smooth_alpha=None),
                 rtn=dict(bits=4, group_size=32))
 

@@ -13,7 +13,7 @@ from llmfab.compiler.model_plan import reference_integer_model
 from llmfab.compiler.program import ProgramError, load_program
 from llmfab.sim.emulator import Emulator, EmulatorError
 from llmfab.tests.fixtures.tiny_models import TINY_CONFIGS, write_tiny_hf_folder
-from llmfab.tests.sim.emulator_fixtures import DENSE_W4, SPARSE_W2, compile_artifact, engine, tiny_artifact
+from llmfab.tests.sim.emulator_fixtures import DENSE_W4, SPARSE_W2, W8_KV8, compile_artifact, engine, tiny_artifact
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def run_and_compare(artifact, program, ids, chunk: int, decode_steps: int) -> No
     """Prefill ``ids`` in chunks of ``chunk``, then decode; every logit equals IntegerModel's."""
     emu = Emulator(program)
     emu.reset()
-    reference = reference_integer_model(artifact.model, artifact.recipe)
+    reference = reference_integer_model(artifact)
     cache = reference.new_cache()
     position = 0
     prompt, rest = ids[:-decode_steps], ids[-decode_steps:]
@@ -68,6 +68,14 @@ def test_dense_w4_with_k_split_tiles_is_bit_exact(tmp_path):
     artifact, compiled, program = compile_artifact(artifact_folder, tmp_path / "prog", hardware)
     assert compiled.memory.tilings["down_proj"].k_split and not compiled.memory.tilings["q_proj"].k_split
     ids = np.random.default_rng(1).integers(0, program.limits.vocab_size, 12)
+    run_and_compare(artifact, program, ids, program.limits.max_prefill_tokens, decode_steps=3)
+
+
+def test_w8_weights_with_a_kv8_cache_are_bit_exact(tiny_hf_folder, tmp_path):
+    artifact_folder = tiny_artifact(tmp_path / "w8", tiny_hf_folder, W8_KV8)
+    artifact, compiled, program = compile_artifact(artifact_folder, tmp_path / "prog", engine())
+    assert compiled.plan.kv_bits == 8
+    ids = np.random.default_rng(2).integers(0, program.limits.vocab_size, 40)  # crosses a 32-token key block
     run_and_compare(artifact, program, ids, program.limits.max_prefill_tokens, decode_steps=3)
 
 
