@@ -12,8 +12,9 @@ exp2-based softmax, bit-exact with `llmfab.sim.numerics.attention` when chained
   `z_j = max(rshr((σ_j - σmax) · C, LS - Eq), -32·2^16)` with `C = rshr(Aq · LM, 16)`,
   `e_j = exp2(z_j)` (0 where not visible), `S = Σ e_j`; constants `(r, eS) = reciprocal(S)`;
   emit `p_j = rshr(e_j · r, eS)` (PROB17), recomputing `e_j` rather than buffering it. Sweep 8
-  stages + tree, constants 7, per element 10; DSP48E2 per lane: 2 × (3 for the 48 × 17-bit
-  `d · C`, 1 exp2) + 1 for `e · r` = 9, plus 2 per unit (reciprocal) and 1 for `Aq · LM`.
+  stages + tree, constants 7, per element 10; cycles per row of B beats `row_cycles(B, lanes)` =
+  3B + 2T + 29. DSP48E2 per lane: 2 × (2 for the 49 × 17-bit `d · C`, 1 exp2) + 1 for `e · r`
+  = 7, plus 2 per unit (reciprocal) and 1 for `Aq · LM`.
 """
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ by `M_g` into the 48-bit row sum `Y`, and at the row's last beat outputs
 
 Pipeline: 1 weight forming / lane select, 2 products, T adder-tree stages (registered every
 two levels), 1 group accumulator, 1 `P · M` (group_bits × 16: one DSP48E2 up to 27 bits),
-1 row accumulator (48 bits, the DSP's P register), 2 `Y · A` (48 × 16 bits, 3 DSP48E2 with a
-cascade register), 1 rounding shift and saturation: `latency(lanes) = 8 + T`. Throughput one
+1 row accumulator (48 bits, the DSP's P register), 2 `Y · A` (48 × 16 bits, 2 DSP48E2 with the
+48-bit operand split, and a cascade register), 1 rounding shift and saturation: `latency(lanes) = 8 + T`. Throughput one
 beat per cycle, so a row of `n` inputs takes `n / lanes` cycles plus the latency once per
 stream of rows (rows follow each other without a bubble). The int8 × (b+1)-bit products of 2-
 to 4-bit weights are shift-and-add LUT logic (§4.1); 8-bit weights use one DSP per product.
-DSP48E2 by construction: 4 per unit (P·M, Y·A), plus `lanes` (or `lanes/2` under 2:4) for W8.
+DSP48E2 by construction: 3 per unit (P·M, Y·A), plus `lanes` (or `lanes/2` under 2:4) for W8.
 """
 
 from __future__ import annotations
