@@ -317,8 +317,8 @@ def simulate(design: Elaboratable | str | Path, *, toplevel: str, test_module: s
     testcase: run only these cocotb tests. seed: cocotb's random seed (default: cocotb picks).
     build_dir: build here instead of the cache. test_dir: logs and results here instead of a
     fresh temporary folder (which is kept so the log can be read after a failure).
-    waves: record a waveform (a separate cached build, since tracing is compiled in); Verilator
-    writes dump.vcd into the test folder, Icarus <toplevel>.fst into the build folder.
+    waves: record a waveform into the test folder (a separate cached build, since tracing is
+    compiled in): dump.vcd from Verilator, <toplevel>.fst from Icarus.
     """
     _check_simulator(simulator)
     reason = missing_tool(simulator)
@@ -341,6 +341,7 @@ def simulate(design: Elaboratable | str | Path, *, toplevel: str, test_module: s
             runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
                         build_dir=built, test_dir=run_dir,
                         results_xml=str(results), log_file=log, extra_env=env, testcase=testcase, seed=seed,
+                        plusargs=[f"+dumpfile_path={run_dir / (toplevel + '.fst')}"] if waves and simulator == "icarus" else [],
                         parameters=dict(parameters or {}), waves=waves, timescale=TIMESCALE)
     except (RuntimeError, SystemExit, subprocess.CalledProcessError) as err:
         crash = f"simulator exited abnormally ({err!r}); "

@@ -18,7 +18,7 @@ from llmfab.rtl.control import (CTRL_AP_DONE, CTRL_AP_IDLE, CTRL_AP_START, CTRL_
                                 IRQ_DONE, ISR_OFFSET)
 from llmfab.rtl.kernel_shell import master_bundle, pointer_argument, shell_register_map
 
-MEMORY_BYTES = 32 * 1024
+MEMORY_BYTES = 64 * 1024
 MAX_CYCLES = 50000
 
 
@@ -77,10 +77,15 @@ async def _copy_runs(dut, stall: float, seed: int) -> None:
     kernel = await _start(dut, stall=stall, seed=seed)
     bb = kernel.beat_bytes
     for memory in kernel.memories:
-        memory.write_bytes(0, bytes(kernel.rng.getrandbits(8) for _ in range(MEMORY_BYTES)))
+        memory.write_bytes(0, kernel.rng.randbytes(MEMORY_BYTES))
     max_burst = int(os.environ["KERNEL_MAX_BURST"])
-    # two runs: the second starts the kernel again with other arguments
-    for beats, src, dst in [(3 * max_burst + 5, 4096 - 3 * bb, 16384 + bb), (7, 0, 8192)]:
+    # two runs, the second starting the kernel again with other arguments; the source starts
+    # just below a 4 KiB page and the destination one beat past a page, regions apart
+    beats = 3 * max_burst + 5
+    src = 4096 - 3 * bb
+    dst = (src + beats * bb) // 4096 * 4096 + 4096 + bb
+    assert dst + beats * bb + 32 * bb <= MEMORY_BYTES
+    for beats, src, dst in [(beats, src, dst), (7, 0, 8192)]:
         pointers = [bb * kernel.rng.randrange(0, 32) for _ in range(kernel.ports)]
         before = [bytes(m.mem) for m in kernel.memories]
         cycles = await kernel.run(pointers, src, dst, beats)

@@ -11,7 +11,7 @@ from llmfab.boards.hardware import HardwareConfig
 from llmfab.compiler.placement import KERNEL_NAME
 from llmfab.rtl.emit import kernel_sources, top_ports
 from llmfab.rtl.kernel_shell import KernelShell, shell_register_map
-from llmfab.rtl.sim_runner import simulate, simulator_params
+from llmfab.rtl.sim_runner import missing_tool, simulate, simulator_params
 
 PORTS, DATA_WIDTH, MAX_BURST = 2, 64, 16
 TOP = KERNEL_NAME
@@ -48,3 +48,13 @@ def test_kernel_shell_copies_as_xrt_drives_it(simulator):
     result = simulate(sources.verilog, toplevel=TOP, test_module="llmfab.tests.rtl.cocotb_kernel_shell",
                       simulator=simulator, extra_env={"KERNEL_PORTS": str(PORTS), "KERNEL_MAX_BURST": str(MAX_BURST)})
     assert len(result.tests) == 3
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(missing_tool("icarus") is not None, reason=str(missing_tool("icarus")))
+def test_kernel_shell_at_the_u280_axi_width():
+    """512-bit beats and 64-beat bursts, as the U280 presets use (Icarus only, to spare a Verilator build)."""
+    engine = HardwareConfig.from_preset("u280-default").engine
+    sources = kernel_sources(KernelShell(PORTS, engine.axi_data_width_bits, engine.axi_burst_len), TOP)
+    simulate(sources.verilog, toplevel=TOP, test_module="llmfab.tests.rtl.cocotb_kernel_shell", simulator="icarus",
+             extra_env={"KERNEL_PORTS": str(PORTS), "KERNEL_MAX_BURST": str(engine.axi_burst_len)})

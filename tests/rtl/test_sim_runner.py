@@ -72,3 +72,11 @@ def test_simulator_params_name_the_missing_tool(monkeypatch):
 def test_unknown_simulator_is_rejected():
     with pytest.raises(ValueError, match="unknown simulator 'modelsim'"):
         missing_tool("modelsim")
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(missing_tool("icarus") is not None, reason=str(missing_tool("icarus")))
+def test_waves_are_written_into_the_test_folder():
+    result = simulate(SaturatingAccumulator(width=8), toplevel="sat_acc", test_module=HARNESS, simulator="icarus",
+                      extra_env={"HARNESS_WIDTH": "8"}, waves=True)
+    assert (result.test_dir / "sat_acc.fst").stat().st_size > 0
