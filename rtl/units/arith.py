@@ -15,7 +15,7 @@ from amaranth.hdl import Array, Const, Mux, Shape, Value, signed, unsigned
 def round_shift(value: Value, shift: int) -> Value:
     """`rshr(v, s)` for a constant `s >= 0`: `(v + 2**(s-1)) >> s` (round half up, arithmetic)."""
     if shift < 0:
-        raise ValueError("constant round_shift takes a right shift; use left_shift_saturate to widen")
+        raise ValueError("constant round_shift takes a right shift; use shift_round_saturate for signed shifts")
     if shift == 0:
         return value
     return (value + (1 << (shift - 1))) >> shift
@@ -53,7 +53,7 @@ def shape_for(lo: int, hi: int) -> Shape:
 
 
 def absolute(value: Value) -> Value:
-    """`|v|` as an unsigned value one bit narrower than a signed input (exact for the minimum)."""
+    """`|v|` as an unsigned value of the input's width (exact for the most negative input)."""
     width = value.shape().width
     if not value.shape().signed:
         return value
