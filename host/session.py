@@ -46,9 +46,18 @@ class Sequence:
         self.position = 0
 
     def check_room(self, n_tokens: int) -> None:
-        """ProgramError if ``n_tokens`` more tokens would pass the end of a dense program's context."""
-        if n_tokens > 0:
-            self.limits.check_run("decode", 1, self.position + n_tokens - 1)
+        """ProgramError if ``n_tokens`` more tokens would pass the end of a dense program's context
+        (checked for a whole prompt before its first chunk runs)."""
+        from llmfab.compiler.program import ProgramError
+
+        limit = self.limits.max_context
+        if limit is not None and self.position + n_tokens > limit:
+            raise ProgramError(
+                f"{n_tokens} tokens at stream position {self.position} need positions {self.position}.."
+                f"{self.position + n_tokens - 1}, past the context of {self.program.folder} ({limit} tokens, "
+                "dense attention); use a shorter prompt or text window, or compile a Λ-attention model "
+                "(e.g. --preset accllm), whose context is unbounded"
+            )
 
     def prefill(self, token_ids, all_logits: bool = True) -> np.ndarray:
         """Append ``token_ids`` to the stream; int64 ACT32 logits ``[n, vocab]`` of every token

@@ -1,0 +1,36 @@
+"""The tiny random model quantized and compiled through the CLI, built once per test session
+(a folder under pytest's base temp, so the host tests and the CLI tests share it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmfab.cli import main
+
+FAST_CALIBRATION = ["--calib-samples", "2", "--calib-seq-len", "32"]
+
+
+def quantize_and_compile(hf_folder, tmp_path_factory, name: str, *options: str):
+    """(artifact folder, program folder): `llmfab quantize` w4a8kv4 with ``options``, then
+    `llmfab compile --board u280`; reused if this session built it already."""
+    root = tmp_path_factory.getbasetemp() / name
+    artifact, program = root / "w4a8kv4", root / "w4a8kv4.program"
+    if not (program / "manifest.json").is_file():
+        assert main(["quantize", str(hf_folder), "--preset", "w4a8kv4", "-o", str(artifact),
+                     *FAST_CALIBRATION, *options]) == 0
+        assert main(["compile", str(artifact), "--board", "u280", "-o", str(program)]) == 0
+    return artifact, program
+
+
+@pytest.fixture(scope="session")
+def tiny_program(tiny_hf_folder, tmp_path_factory):
+    """The tiny model with the w4a8kv4 preset (per-channel key blocks, per-token values)."""
+    return quantize_and_compile(tiny_hf_folder, tmp_path_factory, "tiny-program")
+
+
+@pytest.fixture(scope="session")
+def tiny_per_token_program(tiny_hf_folder, tmp_path_factory):
+    """w4a8kv4 with per-token keys too: every token is quantized on its own, so where prefill
+    chunks end cannot change any result (docs/numerics.md §6.4, §13.3)."""
+    return quantize_and_compile(tiny_hf_folder, tmp_path_factory, "tiny-per-token",
+                                "--kv-granularity", "per-token")
