@@ -10,7 +10,7 @@ def _rate(value) -> str:
 def format_summary(s: dict) -> str:
     """A few aligned sections: headline, bounds, power, per-layer and per-opcode cycles."""
     attention = "Λ" if s["lambda_attention"] else "dense"
-    twin = " (timed as its dense twin with RING/LAMBDA flags)" if s["lambda_twin"] else ""
+    twin = ", timed as its dense twin with RING/LAMBDA flags" if s["lambda_twin"] else ""
     lines = [
         f"{s['model']}, recipe {s['recipe']} ({attention} attention{twin}) on {s['board']} at {s['clock_mhz']:g} MHz",
         "",
@@ -35,7 +35,7 @@ def format_summary(s: dict) -> str:
         body = [v for k, v in layers.items() if k.startswith("layer")]
         lines += ["", f"cycles per part: embedding {layers.get('embedding', 0):,.0f}, decoder layers "
                   f"{min(body):,.0f} .. {max(body):,.0f} (mean {sum(body) / len(body):,.0f}), head {layers.get('head', 0):,.0f}"]
-    lines += ["", "busy cycles per instruction class (count):"]
+    lines += ["", "cycles per instruction class, request latencies included (count):"]
     for name, cycles in sorted(s["cycles_by_opcode"].items(), key=lambda kv: -kv[1]):
         if name != "END":
             lines.append(f"  {name:<10} {cycles:>14,.0f}  ({s['instructions_by_opcode'][name]:,})")

@@ -1,13 +1,13 @@
 """Time a program on the cycle-level performance model.
 
-`llmfab simulate PROGRAM` times a program folder written by `llmfab compile`;
-`llmfab simulate --model llama-2-7b --preset accllm --board u280` compiles a published model
-shape without weights first (a Llama-2-7B compile takes ~15 s). The model runs every instruction
-of the decode routine (and of sampled prefill chunks) on the engine's LOAD, COMPUTE and STORE
-units with the program's dependency tokens, HBM bursts and per-pseudo-channel efficiency, and
+`llmfab simulate PROGRAM` times a program folder written by `llmfab compile`; `llmfab simulate
+--model llama-2-7b --preset accllm --board u280` compiles a published model shape without weights
+first (a Llama-2-7B compile takes 2-20 s, depending on the machine's load). The model runs every
+instruction of the decode routine (and of sampled prefill chunks) on the engine's LOAD, COMPUTE and
+STORE units with the program's dependency tokens, HBM bursts and per-pseudo-channel efficiency, and
 prints decode tokens/s at --context, prefill latency for --prompt-tokens, HBM bytes per token,
-bandwidth and compute utilisation, the bounds, power and tokens per joule, and cycles per layer
-and per instruction class. Formulas and constants: docs/performance.md.
+bandwidth and compute utilisation, the bounds, power and tokens per joule, and cycles per layer and
+per instruction class. Formulas and constants: docs/performance.md.
 """
 
 from __future__ import annotations
