@@ -3,9 +3,10 @@
 Same integers as :func:`llmfab.sim.linear_ops.linear` (docs/numerics.md §4.3, §5.2): group sums
 ``P[t, o, g] = Σ q·w`` (checked against the 32-bit group accumulator), the scaled row sum
 ``Y = Σ_g P_g·M_g`` (48 bits, accumulated over K tiles) and ``sat32(rshr(Y·A, row_shift − E))``.
-The group sums run as float matmuls, exact because every partial sum is an integer below the
-float's 2**24 (float32) or 2**53 (float64) — :class:`PreparedTile` picks the narrowest exact type
-from the tile's largest weight. A tile is prepared once and cached by the emulator.
+The group sums run as float32 matmuls, exact because every partial sum is an integer below 2**24:
+:class:`PreparedTile` cuts each group into ``parts`` equal slices small enough for that bound (from
+the tile's largest weight), and adds the slices' sums in int64. A tile is prepared once and cached
+by the emulator.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ class PreparedTile:
         bound = g * ACT_CODE_MAX * int(np.abs(weight.values).max(initial=0))
         if bound >= 1 << (GROUP_ACCUMULATOR_BITS - 1):
             raise OverflowError(f"group sums up to {bound} exceed the {GROUP_ACCUMULATOR_BITS}-bit accumulator")
-        self.dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
-        self.weights = np.ascontiguousarray(weight.values.reshape(out, self.groups, g).transpose(1, 2, 0),
-                                            dtype=self.dtype)
+        peak = ACT_CODE_MAX * max(int(np.abs(weight.values).max(initial=0)), 1)
+        self.parts = next(p for p in range(1, g + 1) if g % p == 0 and (g // p) * peak < FLOAT32_EXACT)
+        self.slices, self.slice_size = self.groups * self.parts, g // self.parts
+        self.weights = np.ascontiguousarray(
+            weight.values.reshape(out, self.slices, self.slice_size).transpose(1, 2, 0), dtype=np.float32)
         self.mantissa = np.ascontiguousarray(weight.scale_mantissa.T)  # [G, N]
         self.row_shift = weight.row_shift
         self.nbytes = self.weights.nbytes
@@ -44,8 +47,10 @@ class PreparedTile:
     def row_sums(self, codes: np.ndarray) -> np.ndarray:
         """int8 codes ``[T, K]`` -> ``Y = Σ_g P_g·M_g`` as int64 ``[T, N]``."""
         t = codes.shape[0]
-        q = np.ascontiguousarray(codes.reshape(t, self.groups, self.group_size).transpose(1, 0, 2), dtype=self.dtype)
-        sums = np.matmul(q, self.weights).astype(np.int64)  # [G, T, N]
+        q = np.ascontiguousarray(codes.reshape(t, self.slices, self.slice_size).transpose(1, 0, 2), dtype=np.float32)
+        sums = np.matmul(q, self.weights).astype(np.int64)  # [G * parts, T, N]
+        if self.parts > 1:
+            sums = sums.reshape(self.groups, self.parts, t, self.out).sum(axis=1)
         if self.groups == 1:
             return sums[0] * self.mantissa[0]
         return np.einsum("gtn,gn->tn", sums, self.mantissa)
