@@ -66,9 +66,10 @@ class RowUnit(wiring.Component):
 
     - `input_fields()`, `output_fields()`: per-lane fields (name -> shape) of input/output beats;
       `row_fields()`: per-row constants repeated in every output beat; `config_fields()`: static
-      input ports (held constant while a row is processed);
-    - `statistics(m, config)`: the running statistic registers (a namespace) and
-      `reduce(lane, beat) -> dict` (the beat's statistic through a tree) and
+      input ports (held constant while a row is processed); `row_input_fields()`: per-row
+      inputs taken from the row's first input beat (both reach the hooks as `config`);
+    - `statistics(m, config)`: the running statistic registers,
+      `reduce(lane, beat) -> tuple` (the beat's statistic through `tree_reduce`) and
       `accumulate(stats, reduced, first) -> list of assignments`;
     - optionally `sweep(lane, beat, stats, config) -> Value` (per-beat value summed in pass 2;
       `SWEEP_LATENCY` stages);
