@@ -24,7 +24,7 @@ import numpy as np
 from llmfab.boards.hardware import HardwareConfig
 from llmfab.quant.model_shapes import model_shape
 from llmfab.quant.recipe import Recipe
-from llmfab.sim.calibration import PUBLISHED, accllm_u280, flightllm_u280
+from llmfab.sim.calibration import PUBLISHED, accllm_u280, board_comparison, flightllm_u280
 from llmfab.sim.cycle_program import program_from_model
 from llmfab.sim.performance import Simulator, decode_sweep, summary
 
@@ -70,6 +70,7 @@ def main() -> None:
     result = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, **measure(args.engine)}
     result["calibration"] = {"published": PUBLISHED, "flightllm_like": flightllm_u280(),
                              "ours": accllm_u280(engine=args.engine)}
+    result["boards"] = board_comparison(engine=args.engine)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as tmp:

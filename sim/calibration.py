@@ -68,3 +68,27 @@ def accllm_u280(contexts=(1024, 32768), engine: str = "u280-accllm") -> list[dic
         sim = Simulator(prog)
         rows.extend(_row(label, prog, sim, c) for c in contexts)
     return rows
+
+
+def board_comparison(engine: str = "u280-accllm", context: int = 1024) -> list[dict]:
+    """The accllm Llama-2-7B decode on every shipped HBM board with the same engine (and on the
+    Versal board also at the clock its pseudo-channels need), with the fit check's verdict."""
+    from llmfab.boards.hardware import EngineDoesNotFitError
+
+    rows = []
+    for board, clock in (("u280", None), ("u55c", None), ("vhk158", None), ("vhk158", 400.0)):
+        hardware = HardwareConfig.from_preset(engine, board=board)
+        if clock is not None:
+            hardware = HardwareConfig(board=hardware.board, engine=hardware.engine.replace(clock_mhz=clock))
+        try:
+            hardware.check_fits()
+            fits = "yes"
+        except EngineDoesNotFitError as err:
+            fits = str(err)
+        program = program_from_model(model_shape("llama-2-7b"), Recipe.from_preset("accllm"), hardware)
+        row = _row(f"accllm on {board} at {hardware.engine.clock_mhz:g} MHz", program, Simulator(program), context)
+        row.update(board=board, clock_mhz=hardware.engine.clock_mhz, fits=fits,
+                   board_hbm_gbs=hardware.board.hbm.total_bandwidth_gbs,
+                   engine_hbm_gbs=hardware.peak_hbm_bytes_per_s / 1e9)
+        rows.append(row)
+    return rows
