@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from llmfab.boards.hardware import HardwareConfig
 
 HBM_TIMING_SOURCES = {
@@ -63,17 +61,6 @@ def port_transfer_cycles(config: HardwareConfig, per_port_bytes: float, bursts: 
         return 0.0
     return (per_port_bytes / (config.hbm_port_bytes_per_cycle * hbm.pc_efficiency)
             + bursts * hbm.burst_gap_cycles + latency_cycles(config, hbm))
-
-
-def transfer_cycles(config: HardwareConfig, nbytes, ports, hbm: HbmTiming = DEFAULT_HBM_TIMING):
-    """Cycles to move `nbytes` of contiguous data spread evenly over `ports` AXI masters."""
-    nbytes = np.asarray(nbytes, dtype=np.float64)
-    ports = np.minimum(np.maximum(np.asarray(ports, dtype=np.float64), 1.0), config.engine.hbm_ports)
-    per_port = nbytes / ports
-    bursts = np.ceil(per_port / burst_bytes(config))
-    cycles = (per_port / (config.hbm_port_bytes_per_cycle * hbm.pc_efficiency) + bursts * hbm.burst_gap_cycles
-              + np.where(nbytes > 0, latency_cycles(config, hbm), 0.0))
-    return cycles if cycles.ndim else float(cycles)
 
 
 def sustained_bytes_per_cycle(config: HardwareConfig, hbm: HbmTiming = DEFAULT_HBM_TIMING) -> float:

@@ -155,3 +155,22 @@ def test_routine_without_end_is_an_error():
     config = HardwareConfig.from_preset("u280-small")
     with pytest.raises(CycleModelError, match="no END"):
         RoutineTimer([load(1, 64)], config).time(0, REGS)
+
+
+def test_every_timing_constant_has_a_source():
+    import dataclasses
+
+    assert sorted(hbm_timing.HBM_TIMING_SOURCES) == sorted(f.name for f in dataclasses.fields(hbm_timing.HbmTiming))
+    for name in op_timing.TIMING_SOURCES:
+        assert hasattr(op_timing, name), name
+    with pytest.raises(ValueError):
+        hbm_timing.HbmTiming(pc_efficiency=1.5)
+
+
+def test_sustained_rate_is_below_the_peak_and_reached_by_long_striped_loads():
+    config = HardwareConfig.from_preset("u280-default")
+    sustained = hbm_timing.sustained_bytes_per_cycle(config)
+    assert sustained < config.peak_hbm_bytes_per_cycle
+    big = load(32 * 64, 4096, flags=Flag.STRIPED, sub=32)  # 8 MiB, 64 full bursts per port
+    cost = op_timing.op_cost(big, REGS, config)
+    assert big.rows * big.row_bytes / cost.cycles == pytest.approx(sustained, rel=0.01)
