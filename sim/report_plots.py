@@ -27,8 +27,10 @@ def roofline(path: Path, roofs: dict, points: list[dict]) -> None:
     one compute ceiling per datapath, and the achieved points."""
     fig, ax = plt.subplots(figsize=(7, 4.6))
     intensity = np.geomspace(0.1, 1e4, 200)
-    ax.loglog(intensity, roofs["hbm_peak_bytes_per_s"] * intensity, "k-", label="HBM peak")
-    ax.loglog(intensity, roofs["hbm_sustained_bytes_per_s"] * intensity, "k--", label="HBM sustained (model)")
+    ceiling = max(roofs["compute_ops_per_s"].values())
+    ax.loglog(intensity, np.minimum(roofs["hbm_peak_bytes_per_s"] * intensity, ceiling), "k-", label="HBM peak")
+    ax.loglog(intensity, np.minimum(roofs["hbm_sustained_bytes_per_s"] * intensity, ceiling), "k--",
+              label="HBM sustained (model)")
     ceilings: dict[float, list[str]] = {}
     for name, ops in roofs["compute_ops_per_s"].items():
         ceilings.setdefault(ops, []).append(name)
@@ -53,7 +55,8 @@ def layer_breakdown(path: Path, parts: dict, opcodes: dict) -> None:
     names = list(parts)
     a.bar(range(len(names)), [parts[n] / 1e3 for n in names], color="tab:blue")
     ticks = [i for i, n in enumerate(names) if not n.startswith("layer") or int(n.split()[1]) % 4 == 0]
-    a.set_xticks(ticks, [names[i].replace("layer ", "L") for i in ticks], fontsize=8)
+    short = {"embedding": "emb"}
+    a.set_xticks(ticks, [short.get(names[i], names[i].replace("layer ", "L")) for i in ticks], fontsize=8)
     a.set_ylabel("kilocycles")
     a.set_title("Decode step: time per model part")
     items = sorted(((k, v) for k, v in opcodes.items() if v > 0), key=lambda kv: -kv[1])
