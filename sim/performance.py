@@ -135,9 +135,20 @@ def summary(program: TimedProgram, context: int, prompt_tokens: int, simulator: 
         "cycles_by_opcode": decode.cycles_by_opcode,
         "busy_cycles_by_unit": decode.busy_by_unit,
         "instructions_by_opcode": decode.count_by_opcode,
-        "warnings": list(decode.overflows[:5]) + ([f"... {len(decode.overflows) - 5} more"]
-                                                  if len(decode.overflows) > 5 else []),
+        "warnings": _fit_warning(hw) + list(decode.overflows[:5])
+        + ([f"... {len(decode.overflows) - 5} more"] if len(decode.overflows) > 5 else []),
     }
+
+
+def _fit_warning(hardware) -> list[str]:
+    """The fit check's complaint, if the engine is too big for its board."""
+    from llmfab.boards.hardware import EngineDoesNotFitError
+
+    try:
+        hardware.check_fits()
+    except EngineDoesNotFitError as err:
+        return [str(err)]
+    return []
 
 
 def decode_sweep(program: TimedProgram, contexts, simulator: Simulator | None = None,

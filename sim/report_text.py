@@ -41,6 +41,6 @@ def format_summary(s: dict) -> str:
             lines.append(f"  {name:<10} {cycles:>14,.0f}  ({s['instructions_by_opcode'][name]:,})")
     lines.append("busy cycles per unit: " + ", ".join(f"{k} {v:,.0f}" for k, v in s["busy_cycles_by_unit"].items()))
     if s["warnings"]:
-        lines += ["", "warnings (the program does not fit this engine at this context):"]
+        lines += ["", "warnings (the figures assume hardware that does not exist as configured):"]
         lines += [f"  {w}" for w in s["warnings"]]
     return "\n".join(lines)

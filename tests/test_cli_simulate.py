@@ -68,3 +68,11 @@ def test_text_output_names_the_figures(capsys, tiny_config):
 def test_bad_input_exits_2_with_the_fix(args, message, capsys):
     assert main(["simulate", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_engine_too_big_for_its_board_is_flagged(capsys, tiny_config):
+    result = simulate_json(capsys, "--model", tiny_config, "--preset", "w2a8kv4", "--engine", "u280-accllm",
+                           "--board", "vhk158", "--context", "8", "--prompt-tokens", "8")
+    assert any("does not fit board 'vhk158'" in w for w in result["warnings"])
+    fine = simulate_json(capsys, "--model", tiny_config, *SMALL, "--context", "8", "--prompt-tokens", "8")
+    assert fine["warnings"] == []
