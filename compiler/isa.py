@@ -321,12 +321,14 @@ def decode_program(data: bytes) -> list[Instruction]:
 @dataclass(frozen=True)
 class Registers:
     """Runtime registers. routine/n_tokens/position are written by the host before every run;
-    sinks/window once per program (from its manifest; 0/0 for dense attention)."""
+    sinks/window/chunk once per program (from its manifest; sinks and window 0 for dense attention,
+    chunk = the prefill routine's C)."""
 
     n_tokens: int
     position: int
     sinks: int = 0
     window: int = 0
+    chunk: int = 0
 
     def value(self, source: RowSource, imm: int) -> int:
         source = RowSource(source)

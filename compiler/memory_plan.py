@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from llmfab.boards.hardware import HardwareConfig
 from llmfab.compiler.isa import Buffer, KvMode
-from llmfab.compiler.kv_layout import KvStreamLayout
+from llmfab.compiler.kv_layout import KvStreamLayout, LambdaStreamLayout
 from llmfab.compiler.model_plan import LinearSpec, ModelPlan
 from llmfab.compiler.weight_tiles import TileShape, align
 from llmfab.errors import InputError
@@ -143,17 +143,24 @@ class MemoryPlan:
     """Buffer maps shared by both routines (laid out for the prefill chunk C) and the tilings."""
 
     chunk: int
-    max_context: int
+    max_context: int | None  # dense: positions the KV buffer holds; None under Λ (unbounded)
     wgt: BufferMap
     act: BufferMap
     kv: BufferMap
     out: BufferMap
-    keys: KvStreamLayout
-    values: KvStreamLayout
+    keys: KvStreamLayout | LambdaStreamLayout
+    values: KvStreamLayout | LambdaStreamLayout
     tilings: dict[str, Tiling]
     slot_bytes: int
     stage_bytes: int
     acc_bytes: int
+
+    @property
+    def rope_rows(self) -> int:
+        """Rows of the RoPE table: every position (dense) or the S + W slot positions (Λ)."""
+        if isinstance(self.keys, LambdaStreamLayout):
+            return self.keys.sinks + self.keys.window
+        return self.max_context
 
     def maps(self) -> list[BufferMap]:
         return [self.wgt, self.act, self.kv, self.out]
@@ -206,9 +213,9 @@ def plan_memory(plan: ModelPlan, hardware: HardwareConfig) -> MemoryPlan:
     if plan.block_tokens & (plan.block_tokens - 1):
         raise BufferPlanError(f"KV blocks of {plan.block_tokens} tokens: the engine addresses blocks by shifts, "
                               "so the block must be a power of two")
-    capacity = kv_capacity(plan, e.kv_buffer_bytes)
+    capacity = None if plan.lambda_attention else kv_capacity(plan, e.kv_buffer_bytes)
     per_row = act_map(plan, 1, e.activation_buffer_bytes).used
-    chunk = min(e.activation_buffer_bytes // max(per_row, 1) + 1, capacity, MAX_ROWS)
+    chunk = min(e.activation_buffer_bytes // max(per_row, 1) + 1, capacity or MAX_ROWS, MAX_ROWS)
     while chunk >= 1:
         memory = _try_plan(plan, hardware, chunk, capacity)
         if memory is not None:
@@ -219,7 +226,20 @@ def plan_memory(plan: ModelPlan, hardware: HardwareConfig) -> MemoryPlan:
         f"bytes of activations (buffer {e.activation_buffer_bytes:,}); use an engine with larger buffers")
 
 
-def _try_plan(plan: ModelPlan, hardware: HardwareConfig, chunk: int, capacity: int) -> MemoryPlan | None:
+def kv_layouts(plan: ModelPlan, chunk: int, capacity: int | None):
+    """Key and value stream layouts: dense with ``capacity`` positions, or Λ for chunks of ``chunk``."""
+    c, r = plan.config, plan.recipe
+    out = []
+    for mode in (plan.key_mode, plan.value_mode):
+        if plan.lambda_attention:
+            out.append(LambdaStreamLayout(mode, r.sinks, r.window, chunk, c.num_kv_heads, c.head_dim,
+                                          plan.block_tokens, plan.kv_bits))
+        else:
+            out.append(KvStreamLayout(mode, capacity, c.num_kv_heads, c.head_dim, plan.block_tokens, plan.kv_bits))
+    return out
+
+
+def _try_plan(plan: ModelPlan, hardware: HardwareConfig, chunk: int, capacity: int | None) -> MemoryPlan | None:
     e, c = hardware.engine, plan.config
     act = act_map(plan, chunk, e.activation_buffer_bytes)
     if not act.fits():
@@ -227,7 +247,8 @@ def _try_plan(plan: ModelPlan, hardware: HardwareConfig, chunk: int, capacity: i
     wgt = BufferMap(Buffer.WGT, e.weight_buffer_bytes)
     for slot in range(2):
         wgt.take(f"norm{slot}", norm_bytes(c.hidden_size))
-    wgt.take("rope", chunk * 4 * c.head_dim)
+    rope_rows = plan.recipe.sinks + plan.recipe.window if plan.lambda_attention else chunk
+    wgt.take("rope", rope_rows * 4 * c.head_dim)
     slot_bytes = (e.weight_buffer_bytes - wgt.used) // 2 // 64 * 64
     if slot_bytes <= 0:
         return None
@@ -251,8 +272,7 @@ def _try_plan(plan: ModelPlan, hardware: HardwareConfig, chunk: int, capacity: i
     out.take("stage1", stage_bytes)
     if not out.fits():
         return None
-    keys = KvStreamLayout(plan.key_mode, capacity, c.num_kv_heads, c.head_dim, plan.block_tokens, plan.kv_bits)
-    values = KvStreamLayout(plan.value_mode, capacity, c.num_kv_heads, c.head_dim, plan.block_tokens, plan.kv_bits)
+    keys, values = kv_layouts(plan, chunk, capacity)
     kv = BufferMap(Buffer.KV, e.kv_buffer_bytes)
     kv.take("keys", keys.nbytes)
     kv.take("values", values.nbytes)

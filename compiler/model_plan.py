@@ -56,11 +56,6 @@ class ModelPlan:
         if recipe.act_bits != 8:
             raise InputError(f"recipe {recipe.name} has {recipe.act_bits}-bit activations; the engine's "
                              "datapath takes int8 activation codes (use a recipe with --act-bits 8)")
-        if recipe.lambda_attention:
-            raise InputError(
-                f"recipe {recipe.name} uses Λ attention (sinks {recipe.sinks}, window {recipe.window}); the "
-                "scheduler emits dense (causal) attention programs only so far. Quantize with a dense "
-                "preset (e.g. w2a8kv4) or drop --sinks/--window")
         recipe.check_model(config)
         key_mode, value_mode, block, bits = kv_modes(recipe)
         return cls(name or config.name, config, recipe, key_mode, value_mode, block, bits)

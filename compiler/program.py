@@ -166,8 +166,9 @@ def build_manifest(compiled, model_name: str, engine_preset: str | None, pcs: li
                      for name, entry in compiled.entries.items()},
         "limits": limits,
         "buffers": {b.buffer.name: b.to_dict() for b in memory.maps()},
-        "kv": {name: {"mode": lay.mode.name, "capacity": lay.capacity, "kv_heads": lay.kv_heads,
-                      "head_dim": lay.head_dim, "block_tokens": lay.block_tokens, "bytes": lay.nbytes}
+        "kv": {name: {"mode": lay.mode.name, "bits": lay.bits, "kv_heads": lay.kv_heads, "head_dim": lay.head_dim,
+                      "block_tokens": lay.block_tokens, "bytes": lay.nbytes,
+                      "capacity": getattr(lay, "capacity", None), "lambda": not hasattr(lay, "capacity")}
                for name, lay in (("keys", memory.keys), ("values", memory.values))},
         "io": {"input_ids": regions["input.ids"].to_dict(), "logits": regions["output.logits"].to_dict()},
         "regions": {name: r.to_dict() for name, r in regions.items()},

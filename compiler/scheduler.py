@@ -38,7 +38,7 @@ from llmfab.compiler.isa import (
     RowSource,
     StartSource,
 )
-from llmfab.compiler.kv_layout import KvStreamLayout
+from llmfab.compiler.kv_layout import KvStreamLayout, LambdaStreamLayout
 from llmfab.compiler.memory_plan import (
     MemoryPlan,
     Tile,
@@ -129,9 +129,9 @@ def _place_constants(plan: ModelPlan, memory: MemoryPlan, placement: HbmPlacemen
     table = placement.striped("embedding", "embedding", c.vocab_size, row)
     if weights is not None:
         placement.write(table, embedding_rows(weights.embedding()))
-    rope = placement.striped("rope", "rope", memory.max_context, 4 * c.head_dim)
+    rope = placement.striped("rope", "rope", memory.rope_rows, 4 * c.head_dim)
     if weights is not None:
-        cos, sin = rope_tables(weights.inv_freq(), np.arange(memory.max_context))
+        cos, sin = rope_tables(weights.inv_freq(), np.arange(memory.rope_rows))
         placement.write(rope, np.concatenate([cos, sin], axis=1).astype(np.int32))
 
 
@@ -140,6 +140,9 @@ def _place_runtime(plan: ModelPlan, memory: MemoryPlan, placement: HbmPlacement)
     placement.single("input.ids", "input", 4 * memory.chunk)
     for layer in range(c.num_layers):
         for stream, lay in (("keys", memory.keys), ("values", memory.values)):
+            if isinstance(lay, LambdaStreamLayout):  # constant size: moved whole, one chunk per port
+                placement.chunked(kv_region_name(layer, stream, "all"), "kv", lay.nbytes)
+                continue
             for section, rows, row_bytes in kv_sections(lay):
                 placement.striped(kv_region_name(layer, stream, section), "kv", rows, row_bytes)
     placement.striped("output.logits", "output", memory.chunk, 4 * c.vocab_size)
@@ -260,8 +263,10 @@ class RoutineEmitter:
         self.embedding()
         rope = self.region(self.m.wgt, "rope")
         region = self.hbm.regions["rope"]
-        self.add(self.memory(Opcode.LOAD, region, Buffer.WGT, rope[1], 4 * c.head_dim, 4 * c.head_dim,
-                             rows_src=RowSource.CONTEXT, start_src=StartSource.HISTORY), writes=[rope])
+        rows = dict(rows=region.rows) if self.plan.lambda_attention else dict(  # Λ: slot positions 0..S+W-1
+            rows_src=RowSource.CONTEXT, start_src=StartSource.HISTORY)  # dense: positions P..P+T-1
+        self.add(self.memory(Opcode.LOAD, region, Buffer.WGT, rope[1], 4 * c.head_dim, 4 * c.head_dim, **rows),
+                 writes=[rope])
         self.tile_index = 0
         for layer in range(c.num_layers):
             self.decoder_layer(layer)
@@ -340,9 +345,10 @@ class RoutineEmitter:
         self.requant("h", "a8_h", c.hidden_size)
         for name, dst in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v")):
             self.linear(specs[name], "a8_h", dst, c.hidden_size)
-        rope = self.region(self.m.wgt, "rope")
-        for name, width in (("q", c.q_dim), ("k", c.kv_dim)):
-            self.compute(Opcode.ROPE, name, name, rope, width, depth=c.head_dim)
+        if not self.plan.lambda_attention:  # Λ rotates keys by cache slot inside ATTENTION
+            rope = self.region(self.m.wgt, "rope")
+            for name, width in (("q", c.q_dim), ("k", c.kv_dim)):
+                self.compute(Opcode.ROPE, name, name, rope, width, depth=c.head_dim)
         self.kv_append(layer)
         self.attention()
         self.requant("attn", "a8_attn", c.q_dim)
@@ -364,6 +370,15 @@ class RoutineEmitter:
     def kv_transfers(self, layer: int, opcode: Opcode) -> None:
         for stream, lay, _ in self.streams():
             base = self.region(self.m.kv, stream)
+            if isinstance(lay, LambdaStreamLayout):
+                region = self.hbm.regions[kv_region_name(layer, stream, "all")]
+                inst = self.memory(opcode, region, Buffer.KV, base[1], region.row_bytes, region.row_bytes,
+                                   rows=region.rows)
+                if opcode is Opcode.LOAD:
+                    self.add(inst, writes=[base])
+                else:
+                    self.add(inst, reads=[base])
+                continue
             shift = lay.block_tokens.bit_length() - 1 if lay.mode is KvMode.KV4_CHANNEL else 0
             offsets = {"codes": lay.codes_offset, "stats": lay.stats_offset, "staging": lay.staging_offset}
             for section, _, row_bytes in kv_sections(lay):
@@ -392,22 +407,28 @@ class RoutineEmitter:
             s = self.act(src)
             self.add(Instruction(Opcode.KV_QUANT, mode=lay.mode, flags=self.kv_flags(), src0_buf=Buffer.ACT, src0_addr=s[1], dst_buf=Buffer.KV,
                                  dst_addr=base[1], cols=c.kv_dim, depth=c.head_dim, aux=lay.block_tokens,
-                                 imm=lay.capacity, rows_src=RowSource.TOKENS), reads=[s, base], writes=[base])
+                                 imm=self.kv_capacity(), rows_src=RowSource.TOKENS), reads=[s, base], writes=[base])
         self.kv_transfers(layer, Opcode.STORE)
 
     def kv_flags(self) -> int:
-        return int(Flag.KV8) if self.plan.kv_bits == 8 else 0
+        return (int(Flag.KV8) if self.plan.kv_bits == 8 else 0) | (int(Flag.LAMBDA) if self.plan.lambda_attention else 0)
+
+    def kv_capacity(self) -> int:
+        """imm of KV_QUANT/ATTENTION: the dense streams' slots; under Λ, ATTENTION's RoPE table address."""
+        return 0 if self.plan.lambda_attention else self.m.keys.capacity
 
     def attention(self) -> None:
         c = self.plan.config
         keys, values = self.region(self.m.kv, "keys"), self.region(self.m.kv, "values")
         q, out = self.act("q"), self.act("attn")
+        rope = self.region(self.m.wgt, "rope")
+        imm = rope[1] if self.plan.lambda_attention else self.m.keys.capacity
         mode = int(self.m.keys.mode) | int(self.m.values.mode) << 2
         self.add(Instruction(Opcode.ATTENTION, mode=mode, flags=self.kv_flags(), src0_buf=Buffer.ACT, src0_addr=q[1], src1_buf=Buffer.KV,
                              src1_addr=keys[1], stride=values[1], dst_buf=Buffer.ACT, dst_addr=out[1], cols=c.q_dim,
                              depth=c.head_dim, sub=c.num_kv_heads, aux=self.m.keys.block_tokens,
-                             imm=self.m.keys.capacity, rows_src=RowSource.TOKENS),
-                 reads=[q, keys, values], writes=[out])
+                             imm=imm, rows_src=RowSource.TOKENS),
+                 reads=[q, keys, values] + ([rope] if self.plan.lambda_attention else []), writes=[out])
 
     def lm_head(self) -> None:
         c = self.plan.config
@@ -451,6 +472,7 @@ def build_report(compiled: Compiled) -> dict:
     return {
         "chunk_tokens": m.chunk,
         "max_context": m.max_context,
+        "lambda": {"sinks": plan.recipe.sinks, "window": plan.recipe.window} if plan.lambda_attention else None,
         "modes": modes,
         "tiles": tiles,
         "buffers": {b.buffer.name: {"used": b.used, "capacity": b.capacity} for b in m.maps()},
@@ -467,7 +489,9 @@ def kv_name(lay: KvStreamLayout) -> str:
 
 def format_report(report: dict) -> str:
     """The report as text for the CLI."""
-    lines = [f"prefill chunk C = {report['chunk_tokens']} tokens; dense context up to {report['max_context']} positions"]
+    context = (f"dense context up to {report['max_context']} positions" if report["max_context"] is not None
+               else f"Λ attention, {report['lambda']['sinks']} sinks + window {report['lambda']['window']}, any context")
+    lines = [f"prefill chunk C = {report['chunk_tokens']} tokens; {context}"]
     for routine, modes in report["modes"].items():
         lines.append(f"{routine}: " + "; ".join(f"{k} {v}" for k, v in modes.items()))
     lines.append("weight tiles (N x K per tile, tiles per layer, bytes per tile):")

@@ -14,6 +14,7 @@ read-only), which makes decode fast enough for real models.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -105,7 +106,7 @@ class Emulator:
         self.tile_cache: dict[tuple, PreparedTile] = {}
         self.wgt_tags: dict[int, tuple] = {}
         lim = self.manifest["limits"]
-        self.registers = Registers(0, 0, lim.get("sinks") or 0, lim.get("window") or 0)
+        self.registers = Registers(0, 0, lim.get("sinks") or 0, lim.get("window") or 0, lim["max_prefill_tokens"])
         self.position = 0
         self.current = 0
 
@@ -139,7 +140,7 @@ class Emulator:
             raise ProgramError(f"{routine} at position {position}, but {self.position} tokens are in the cache since "
                                "the last reset; runs must continue the sequence (or call reset())")
         entry = self.manifest["routines"][routine]
-        self.registers = Registers(n_tokens, position, self.registers.sinks, self.registers.window)
+        self.registers = dataclasses.replace(self.registers, n_tokens=n_tokens, position=position)
         stats = RunStats(routine, n_tokens, position)
         began = time.perf_counter()
         queues = dict.fromkeys(set(QUEUES.values()), 0)

@@ -14,6 +14,7 @@ from llmfab.compiler.isa import Flag, GemmMode, Instruction, KvMode, Opcode
 from llmfab.compiler.kv_layout import KvStreamLayout
 from llmfab.compiler.memory_plan import A8_HEADER_BYTES, EMBED_HEADER_BYTES, NORM_HEADER_BYTES
 from llmfab.compiler.weight_tiles import TileShape
+from llmfab.sim import emulator_lambda
 from llmfab.sim.emulator_gemm import finish_rows
 _HALF_ZERO, _ACC_FIRST, _ACC_LAST, _LAMBDA, _KV8 = (int(f) for f in (Flag.HALF_ZERO, Flag.ACC_FIRST, Flag.ACC_LAST,
                                                                     Flag.LAMBDA, Flag.KV8))
@@ -207,6 +208,8 @@ class StreamView:
 
 
 def kv_quant(emu, inst: Instruction, t: int, p: int) -> int:
+    if inst.flags & _LAMBDA:
+        return emulator_lambda.kv_quant(emu, inst, t, p)
     lay = stream_layout(inst, inst.mode)
     x = emu.read_act32(inst.src0_buf, inst.src0_addr, t, inst.cols).reshape(t, lay.kv_heads, lay.head_dim)
     emu.check_kv_region(inst, inst.dst_addr, lay)
@@ -216,7 +219,7 @@ def kv_quant(emu, inst: Instruction, t: int, p: int) -> int:
 
 def attend(emu, inst: Instruction, t: int, p: int) -> int:
     if inst.flags & _LAMBDA:
-        emu.fail(inst, "Λ visibility is not implemented by this emulator yet")
+        return emulator_lambda.attend(emu, inst, t, p)
     keys_lay = stream_layout(inst, inst.mode & 3)
     values_lay = stream_layout(inst, inst.mode >> 2)
     emu.check_kv_region(inst, inst.src1_addr, keys_lay)

@@ -90,9 +90,19 @@ def test_model_too_big_for_hbm_says_by_how_much(llama7b_plan):
         compile_model(llama7b_plan, few_ports, None)
 
 
-def test_lambda_recipe_is_refused_with_a_clear_message():
-    with pytest.raises(Exception, match="dense \\(causal\\) attention programs only"):
-        ModelPlan.build(model_shape("llama-2-7b"), Recipe.from_preset("accllm"))
+def test_lambda_plan_has_constant_cache_and_no_rope_instructions():
+    """accllm on SmolLM2's shape: Λ attention keeps a constant-size cache per layer (no context
+    limit), rotates keys inside ATTENTION (no ROPE), and moves each layer's cache whole."""
+    recipe = Recipe.from_preset("accllm")
+    compiled = compile_model(ModelPlan.build(model_shape("smollm2-135m"), recipe), HardwareConfig.from_preset("u280-default"), None)
+    assert compiled.memory.max_context is None and compiled.report["lambda"] == {"sinks": 4, "window": 1024}
+    assert compiled.memory.rope_rows == 4 + 1024
+    counts = compiled.report["instructions"]["decode"]
+    assert "ROPE" not in counts and counts["ATTENTION"] == 30
+    kv = [r for r in compiled.placement.regions.values() if r.kind == "kv"]
+    assert len(kv) == 2 * 30 and all(r.rows == 32 for r in kv)  # one whole region per stream, chunked over the ports
+    for stream in ("keys", "values"):
+        assert len({r.stride for r in kv if r.name.endswith(f"{stream}.all")}) == 1  # same bytes every layer
 
 
 def steps_for(accesses):

@@ -79,6 +79,22 @@ def test_w8_weights_with_a_kv8_cache_are_bit_exact(tiny_hf_folder, tmp_path):
     run_and_compare(artifact, program, ids, program.limits.max_prefill_tokens, decode_steps=3)
 
 
+@pytest.mark.parametrize(("keys", "sinks", "window"), [("per-channel", 4, 40), ("per-token", 3, 12)])
+def test_lambda_cache_past_several_ring_wraps_is_bit_exact(tiny_hf_folder, tmp_path, keys, sinks, window):
+    """Λ attention (S sinks + W window; per-channel keys in blocks of 32 with W = 40, whose window
+    store holds partial blocks) over a stream longer than S + W, in uneven prefill chunks and decode
+    steps: the same logits as IntegerModel's Λ cache."""
+    formats = dict(recipe=dict(preset="accllm", group_size=32, zero_point="half-integer", sinks=sinks,
+                               window=window, kv_key_granularity=keys), rtn=SPARSE_W2["rtn"])
+    artifact_folder = tiny_artifact(tmp_path / "lambda", tiny_hf_folder, formats)
+    artifact, compiled, program = compile_artifact(artifact_folder, tmp_path / "prog",
+                                                   engine(activation_buffer_bytes=24 * 1024))
+    assert program.limits.max_context is None and program.limits.window == window
+    chunk = program.limits.max_prefill_tokens
+    ids = np.random.default_rng(3).integers(0, program.limits.vocab_size, 2 * (sinks + window) + 6)
+    run_and_compare(artifact, program, ids, chunk - 3, decode_steps=8)
+
+
 def test_stats_count_instructions_and_bytes(tiny):
     _, compiled, program = tiny
     emu = Emulator(program)
