@@ -72,8 +72,8 @@ def _parse_enum(kind: type[enum.Enum], value, key: str) -> enum.Enum:
 class Recipe:
     """How to compress a model. ``sinks``/``window`` of None mean dense attention.
 
-    KV scales are per-channel for keys and per-token for values by default (the better pair on
-    SmolLM2, see quant/kv_cache_4bit.py). ``calib_texts`` are UTF-8 files; empty means the calibration excerpt shipped with llmfab.
+    KV scales are per-channel for keys and per-token for values by default, for KV4 and KV8 alike
+    (measured on SmolLM2: docs/lambda_attention.md). ``calib_texts`` are UTF-8 files; empty means the calibration excerpt shipped with llmfab.
     Calibration uses ``calib_samples`` windows of ``calib_seq_len`` tokens. ``smooth_alpha``
     (0 < α < 1) folds SmoothQuant smoothing into the float weights before GPTQ (quant/smoothing.py);
     None leaves the weights as they are. ``head_act_bits`` is the LM head's input width: 8
