@@ -334,9 +334,12 @@ class AxiMemory:
             addr, beats, index = burst
             beat_addr = addr + index * self.beat_bytes
             raw = data.to_bytes(self.beat_bytes, "little")
-            for i in range(self.beat_bytes):
-                if strobe >> i & 1 and beat_addr + i < len(self.mem):
-                    self.mem[beat_addr + i] = raw[i]
+            if strobe == (1 << self.beat_bytes) - 1 and beat_addr + self.beat_bytes <= len(self.mem):
+                self.mem[beat_addr:beat_addr + self.beat_bytes] = raw
+            else:
+                for i in range(self.beat_bytes):
+                    if strobe >> i & 1 and beat_addr + i < len(self.mem):
+                        self.mem[beat_addr + i] = raw[i]
             burst[2] += 1
             expected_last = burst[2] == beats
             if bool(last) != expected_last:
