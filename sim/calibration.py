@@ -5,8 +5,8 @@
 16-bit KV cache (the engine keeps non-4-bit caches as ACT32, 4 bytes per element) and dense
 attention, with HBM running at the bandwidth utilisation FlightLLM reports for its decode
 (65.9 %). `accllm_u280` gives our engine's figures with the `accllm` recipe on `u280-accllm`, the
-HBM roofline, and the same program with the two scheduler changes the model points to (single-port
-KV staging regions striped over all ports; weight prefetch not limited to two tile slots).
+HBM roofline, and the same program with weight prefetch not limited to two tile slots (the
+scheduler change the model points to).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from llmfab.quant.model_shapes import model_shape
 from llmfab.quant.recipe import Recipe
 
 from .cycle_program import program_from_model
-from .cycle_whatif import stripe_single_port_transfers, unbounded_weight_prefetch
+from .cycle_whatif import unbounded_weight_prefetch
 from .hbm_timing import HbmTiming
 from .performance import Simulator, bounds, power_of
 
@@ -59,12 +59,9 @@ def flightllm_u280(contexts=(128, 512)) -> list[dict]:
 def accllm_u280(contexts=(1024, 32768), engine: str = "u280-accllm") -> list[dict]:
     """Our engine with the accllm recipe, as compiled and with striped staging regions."""
     program = program_from_model(model_shape("llama-2-7b"), Recipe.from_preset("accllm"), HardwareConfig.from_preset(engine))
-    striped = stripe_single_port_transfers(program)
     rows = []
     for label, prog in ((f"accllm on {engine}, as compiled", program),
-                        (f"accllm on {engine}, KV staging striped (what-if)", striped),
-                        (f"accllm on {engine}, staging striped + unbounded weight prefetch (what-if)",
-                         unbounded_weight_prefetch(striped))):
+                        (f"accllm on {engine}, unbounded weight prefetch (what-if)", unbounded_weight_prefetch(program))):
         sim = Simulator(prog)
         rows.extend(_row(label, prog, sim, c) for c in contexts)
     return rows

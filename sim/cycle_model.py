@@ -105,7 +105,7 @@ class RoutineTimer:
         sched = cycle_queues.schedule(
             units, [c.cycles for c in costs], [i.pop_prev for i in insts], [i.pop_next for i in insts],
             [i.push_prev for i in insts], [i.push_next for i in insts], base_address=entry,
-            latency=[c.latency for c in costs])
+            latency=[c.latency for c in costs], channels=[c.channels for c in costs])
         return self._summarise(insts, costs, sched, addresses)
 
     def _summarise(self, insts, costs, sched, addresses) -> RoutineTiming:

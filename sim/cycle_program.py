@@ -6,12 +6,8 @@ limits. `program_from_folder` reads `llmfab compile` output; `program_from_model
 model shape (quant/model_shapes.py) with a recipe preset for a board and engine without weights
 (the scheduler's shape-only mode), caching the result per process.
 
-Λ recipes: the scheduler emits dense (causal) programs only so far. For a Λ recipe we compile
-its dense twin (same recipe without sinks/window) and mark, as the ISA defines the flags, every
-KV-cache transfer RING (its rows are stream positions held in S + W slots) and every ATTENTION
-LAMBDA (Λ visibility, keys rotated by their slot). The twin's KV buffer must hold S + W slots;
-if it does not, the cycle model reports the overflow. Once the scheduler emits Λ programs they
-carry these flags themselves and no twin is made (`TimedProgram.lambda_twin` is False).
+A Λ recipe compiles to a Λ program (the scheduler's ring of S + W slots, whole-region KV
+transfers, Λ visibility in ATTENTION), so its cost stops growing once the ring is full.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmfab.boards.hardware import HardwareConfig
-from llmfab.compiler.isa import Buffer, Flag, Instruction, Opcode, Registers, RowSource, decode_program
+from llmfab.compiler.isa import Instruction, Registers, decode_program
 from llmfab.errors import InputError
 from llmfab.quant.config import ModelConfig
 from llmfab.quant.recipe import Recipe
@@ -39,7 +35,6 @@ class TimedProgram:
     entries: dict[str, int]
     chunk_tokens: int
     max_context: int | None  # None: unbounded (Λ)
-    lambda_twin: bool = False
     compile_seconds: float = 0.0
     hbm_bytes_by_kind: tuple[tuple[str, int], ...] = ()  # placed HBM bytes per kind (scheduler report)
 
@@ -50,7 +45,7 @@ class TimedProgram:
     def registers(self, n_tokens: int, position: int) -> Registers:
         """The runtime registers of a run (Λ shape from the recipe, 0/0 for dense attention)."""
         return Registers(n_tokens=n_tokens, position=position, sinks=self.recipe.sinks or 0,
-                         window=self.recipe.window or 0)
+                         window=self.recipe.window or 0, chunk=self.chunk_tokens)
 
     def check_run(self, routine: str, n_tokens: int, position: int) -> None:
         """InputError unless the program can run `routine` on `n_tokens` tokens at `position`."""
@@ -95,19 +90,17 @@ def program_from_folder(folder: str | Path) -> TimedProgram:
 
 
 def program_from_model(config: ModelConfig, recipe: Recipe, hardware: HardwareConfig, name: str = "") -> TimedProgram:
-    """Compile `config` with `recipe` for `hardware` without weights (a Λ recipe as its dense twin)."""
-    twin = recipe.lambda_attention
-    dense = dataclasses.replace(recipe, sinks=None, window=None) if twin else recipe
-    key = (config.to_json(), _recipe_key(dense), program_shape_key(hardware), hardware.board.name)
+    """Compile `config` with `recipe` for `hardware` without weights (cached per process)."""
+    return dataclasses.replace(_cached(config, recipe, hardware), name=name or config.name, hardware=hardware)
+
+
+def _cached(config: ModelConfig, recipe: Recipe, hardware: HardwareConfig) -> TimedProgram:
+    key = (config.to_json(), _recipe_key(recipe), program_shape_key(hardware), hardware.board.name)
     if key not in _COMPILED:
         if len(_COMPILED) >= _CACHE_SIZE:
             _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = _compile(config, dense, hardware)
-    program = _COMPILED[key]
-    if twin:
-        program = dataclasses.replace(program, recipe=recipe, instructions=lambda_twin(program.instructions),
-                                      max_context=None, lambda_twin=True)
-    return dataclasses.replace(program, name=name or config.name, hardware=hardware)
+        _COMPILED[key] = _compile(config, recipe, hardware)
+    return _COMPILED[key]
 
 
 # Shape-only compiles of this process, keyed by what the program depends on (a Llama-2-7B compile
@@ -123,7 +116,7 @@ def _recipe_key(recipe: Recipe) -> str:
 
 
 def _compile(config: ModelConfig, recipe: Recipe, hardware: HardwareConfig) -> TimedProgram:
-    """Shape-only compile of a dense-attention recipe."""
+    """Shape-only compile (no weights)."""
     import time
 
     from llmfab.compiler.model_plan import ModelPlan
@@ -135,22 +128,10 @@ def _compile(config: ModelConfig, recipe: Recipe, hardware: HardwareConfig) -> T
     entries = {name: int(e["entry"]) for name, e in compiled.entries.items()}
     return TimedProgram(name=config.name, config=config, recipe=recipe, hardware=hardware,
                         instructions=tuple(compiled.instructions), entries=entries,
-                        chunk_tokens=compiled.memory.chunk, max_context=compiled.memory.max_context,
+                        chunk_tokens=compiled.memory.chunk,
+                        max_context=None if recipe.lambda_attention else compiled.memory.max_context,
                         compile_seconds=seconds, hbm_bytes_by_kind=_kinds(compiled.report))
 
 
 def _kinds(report: dict) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((str(k), int(v)) for k, v in report.get("hbm_bytes_by_kind", {}).items()))
-
-
-def lambda_twin(instructions) -> tuple[Instruction, ...]:
-    """A dense program's instructions with the Λ flags set (see the module docstring)."""
-    context_rows = (RowSource.HISTORY, RowSource.CONTEXT)
-    out = []
-    for inst in instructions:
-        if inst.opcode in (Opcode.LOAD, Opcode.STORE) and inst.buf == Buffer.KV and inst.rows_src in context_rows:
-            inst = inst.replace(flags=int(inst.flags) | Flag.RING)
-        elif inst.opcode is Opcode.ATTENTION:
-            inst = inst.replace(flags=int(inst.flags) | Flag.LAMBDA)
-        out.append(inst)
-    return tuple(out)

@@ -69,7 +69,7 @@ class Schedule:
 
 
 def schedule(unit, cycles, pop_prev, pop_next, push_prev, push_next, base_address: int = 0,
-             latency=None) -> Schedule:
+             latency=None, channels=None) -> Schedule:
     """Time a stream of instructions on the three units honouring their dependency tokens.
 
     All arguments are equal-length sequences, one entry per instruction in program order: the
@@ -80,6 +80,12 @@ def schedule(unit, cycles, pop_prev, pop_next, push_prev, push_next, base_addres
     `latency` (optional, per instruction, part of `cycles`) is a request latency the unit can
     overlap with its previous instruction: the request goes out as soon as the tokens allow, so
     the data phase starts at max(unit free, ready + latency) — outstanding AXI reads.
+
+    `channels` (optional, per instruction: (first, count) or None) are the HBM pseudo-channels a
+    transfer occupies for its data phase. A pseudo-channel carries one transfer at a time, so a
+    LOAD and a STORE on the same channels share their bandwidth (they take turns), while transfers
+    on disjoint channels overlap. Instructions are started in order of their earliest possible start
+    over all units (a list scheduler), so channels are granted first come, first served.
     """
     unit = np.asarray(unit, dtype=np.int64)
     cycles = np.asarray(cycles, dtype=np.float64)
@@ -98,42 +104,56 @@ def schedule(unit, cycles, pop_prev, pop_next, push_prev, push_next, base_addres
     order = [np.flatnonzero(unit == u).tolist() for u in range(3)]
     pop_queues = [_queues_of(unit, flags[0], _POP_PREV), _queues_of(unit, flags[1], _POP_NEXT)]
     push_queues = [_queues_of(unit, flags[2], _PUSH_PREV), _queues_of(unit, flags[3], _PUSH_NEXT)]
+    waits_of = [[q for q in (a, b) if q >= 0] for a, b in zip(*pop_queues)]
+    pushes_of = [[q for q in (a, b) if q >= 0] for a, b in zip(*push_queues)]
     cyc = cycles.tolist()
     lat = [0.0] * n if latency is None else np.minimum(np.asarray(latency, dtype=np.float64), cycles).tolist()
+    chans = [None] * n if channels is None else list(channels)
+    channel_free = [0.0] * (1 + max((c[0] + c[1] for c in chans if c), default=0))
     start = [0.0] * n
     end = [0.0] * n
     pushed: list[list[float]] = [[], [], [], []]  # push times per token queue
     popped = [0, 0, 0, 0]
     head = [0, 0, 0]
     free = [0.0, 0.0, 0.0]
-    remaining = n
-    while remaining:
-        progressed = False
+    for _ in range(n):
+        best_u, best_t, best_ready = -1, 0.0, 0.0
         for u in range(3):
-            todo = order[u]
-            while head[u] < len(todo):
-                i = todo[head[u]]
-                waits = [q for q in (pop_queues[0][i], pop_queues[1][i]) if q >= 0]
-                if any(popped[q] >= len(pushed[q]) for q in waits):
-                    break  # its token is not pushed yet; let the other units run
-                ready = 0.0
-                for q in waits:
-                    ready = max(ready, pushed[q][popped[q]])
-                    popped[q] += 1
-                start[i] = max(free[u], ready)
-                end[i] = free[u] = max(free[u], ready + lat[i]) + cyc[i] - lat[i]
-                for q in (push_queues[0][i], push_queues[1][i]):
-                    if q >= 0:
-                        pushed[q].append(end[i])
-                head[u] += 1
-                remaining -= 1
-                progressed = True
-        if not progressed:
+            if head[u] == len(order[u]):
+                continue
+            i = order[u][head[u]]
+            ready = 0.0
+            for q in waits_of[i]:
+                if popped[q] >= len(pushed[q]):
+                    break  # its token is not pushed yet
+                ready = max(ready, pushed[q][popped[q]])
+            else:
+                t = max(free[u], ready)
+                if best_u < 0 or t < best_t:
+                    best_u, best_t, best_ready = u, t, ready
+        if best_u < 0:
             stuck = min(order[u][head[u]] for u in range(3) if head[u] < len(order[u]))
             raise DependencyError(
                 f"instruction at address {base_address + stuck} ({UNIT_NAMES[unit[stuck]]}) waits for a "
                 "dependency token that no earlier-runnable instruction pushes: the program deadlocks. "
                 "Recompile it; if it persists the scheduler emitted unbalanced push/pop flags.")
+        u = best_u
+        i = order[u][head[u]]
+        head[u] += 1
+        for q in waits_of[i]:
+            popped[q] += 1
+        data = max(free[u], best_ready + lat[i])
+        span = chans[i]
+        if span:
+            first, count = span
+            data = max(data, max(channel_free[first:first + count]))
+        finish = data + cyc[i] - lat[i]
+        if span:
+            channel_free[first:first + count] = [finish] * count
+        start[i] = best_t
+        end[i] = free[u] = finish
+        for q in pushes_of[i]:
+            pushed[q].append(finish)
     return Schedule(start=np.asarray(start), end=np.asarray(end), unit=unit)
 
 

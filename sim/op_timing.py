@@ -12,11 +12,12 @@ Conventions: `T` n_tokens, `P` position, `S`/`W` Λ sinks/window, `L_mode` the l
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 from llmfab.boards.hardware import HardwareConfig, Mode
-from llmfab.compiler.isa import Buffer, Flag, GemmMode, Instruction, Opcode, Registers, StartSource, row_range
+from llmfab.compiler.isa import Buffer, Flag, GemmMode, Instruction, Opcode, Registers, row_range
 
 from . import hbm_timing
 from .hbm_timing import DEFAULT_HBM_TIMING, HbmTiming
@@ -47,6 +48,7 @@ class OpCost:
     mode: Mode | None = None
     sfu_elements: float = 0.0  # special-function elements done alongside (attention softmax)
     latency: float = 0.0  # part of `cycles` the unit can overlap with its previous transfer (request latency)
+    channels: tuple[int, int] | None = None  # (first, count) of the HBM pseudo-channels a transfer occupies
     buffer_overflow_bytes: float = 0.0  # bytes beyond the buffer's capacity (a program/config mismatch)
 
 
@@ -56,25 +58,13 @@ def _buffer_size(config: HardwareConfig, buf: int) -> int:
             Buffer.KV: e.kv_buffer_bytes, Buffer.OUT: e.output_buffer_bytes}.get(Buffer(buf), 0)
 
 
-def _memory_rows(inst: Instruction, regs: Registers) -> tuple[int, int]:
-    """(first row, rows) of a transfer. A RING transfer reading a Λ stream from its start reads
-    the slots in use, at most S + W stream positions (before the block shift)."""
+def _transfer(inst: Instruction, regs: Registers, config: HardwareConfig, gather: bool, hbm: HbmTiming) -> OpCost:
+    """A MEMORY instruction's cycles (request latency included, which the queues may overlap),
+    bytes, pseudo-channels and bytes past the buffer end."""
     start, count = row_range(inst, regs)
-    if inst.flags & Flag.RING and regs.window and StartSource(inst.start_src) is StartSource.ZERO:
-        end = min(regs.value(inst.rows_src, inst.rows), regs.sinks + regs.window)
-        shift = inst.block_shift
-        count = -((-end) >> shift) if inst.end_ceil else end >> shift
-    return start, count
-
-
-def _transfer(inst: Instruction, regs: Registers, config: HardwareConfig, gather: bool,
-              hbm: HbmTiming) -> tuple[float, float, float]:
-    """(cycles, bytes, bytes past the buffer end) of a MEMORY instruction; cycles include the
-    request latency (`hbm_timing.latency_cycles`), which the queues may overlap."""
-    start, count = _memory_rows(inst, regs)
     nbytes = count * inst.row_bytes
     if nbytes == 0:
-        return 0.0, 0.0, 0.0
+        return OpCost(0.0)
     striped = bool(inst.flags & Flag.STRIPED) and inst.sub > 1
     ports = min(inst.sub if striped else 1, count, config.engine.hbm_ports)
     rows_per_port = math.ceil(count / ports)
@@ -84,38 +74,34 @@ def _transfer(inst: Instruction, regs: Registers, config: HardwareConfig, gather
     bursts = math.ceil(per_port / burst) if contiguous else rows_per_port * math.ceil(inst.row_bytes / burst)
     cycles = hbm_timing.port_transfer_cycles(config, per_port, bursts, hbm)
     first = start if inst.flags & Flag.BUF_AT_START else 0
-    if inst.flags & Flag.RING and regs.window:
-        slots = (regs.sinks + regs.window + (1 << inst.block_shift) - 1) >> inst.block_shift
-        first = max(0, min(first, slots - count))  # slots, not stream positions
     used = inst.buf_addr + (first + count - 1) * inst.buf_stride + inst.row_bytes
-    return cycles, float(nbytes), float(max(0, used - _buffer_size(config, inst.buf)))
+    if striped:  # rows start at pc + (first row mod sub); over `ports` channels that wraps within the stripe
+        pc0 = inst.pc + start % inst.sub if ports < inst.sub else inst.pc
+        channels = (pc0, ports) if pc0 + ports <= inst.pc + inst.sub else (inst.pc, inst.sub)
+    else:
+        channels = (inst.pc, 1)
+    return OpCost(cycles, hbm_read_bytes=float(nbytes), latency=hbm_timing.latency_cycles(config, hbm),
+                  channels=channels, buffer_overflow_bytes=float(max(0, used - _buffer_size(config, inst.buf))))
 
 
 def load_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
               hbm: HbmTiming = DEFAULT_HBM_TIMING) -> OpCost:
     """LOAD: rows of `row_bytes` over 1 port, or over `sub` ports when STRIPED (see hbm_timing)."""
-    cycles, nbytes, overflow = _transfer(inst, regs, config, False, hbm)
-    return OpCost(cycles, hbm_read_bytes=nbytes, buffer_overflow_bytes=overflow,
-                  latency=_latency(cycles, config, hbm))
+    return _transfer(inst, regs, config, False, hbm)
 
 
 def load_rows_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
                    hbm: HbmTiming = DEFAULT_HBM_TIMING) -> OpCost:
     """LOAD_ROWS: a gather, so every row starts its own bursts."""
-    cycles, nbytes, overflow = _transfer(inst, regs, config, True, hbm)
-    return OpCost(cycles, hbm_read_bytes=nbytes, buffer_overflow_bytes=overflow,
-                  latency=_latency(cycles, config, hbm))
+    return _transfer(inst, regs, config, True, hbm)
 
 
 def store_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
                hbm: HbmTiming = DEFAULT_HBM_TIMING) -> OpCost:
-    """STORE: as LOAD, writing."""
-    cycles, nbytes, _ = _transfer(inst, regs, config, False, hbm)
-    return OpCost(cycles, hbm_write_bytes=nbytes, latency=_latency(cycles, config, hbm))
-
-
-def _latency(cycles: float, config: HardwareConfig, hbm: HbmTiming) -> float:
-    return hbm_timing.latency_cycles(config, hbm) if cycles else 0.0
+    """STORE: as LOAD, writing (the buffer is only read, so no overflow is reported)."""
+    cost = _transfer(inst, regs, config, False, hbm)
+    return dataclasses.replace(cost, hbm_read_bytes=0.0, hbm_write_bytes=cost.hbm_read_bytes,
+                               buffer_overflow_bytes=0.0)
 
 
 def gemm_cost(inst: Instruction, regs: Registers, config: HardwareConfig) -> OpCost:

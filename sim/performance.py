@@ -112,7 +112,6 @@ def summary(program: TimedProgram, context: int, prompt_tokens: int, simulator: 
         "context": context,
         "prompt_tokens": prompt_tokens,
         "lambda_attention": program.recipe.lambda_attention,
-        "lambda_twin": program.lambda_twin,
         "decode_cycles": decode.cycles,
         "decode_seconds": seconds,
         "decode_tokens_per_s": 1.0 / seconds,

@@ -10,9 +10,8 @@ def _rate(value) -> str:
 def format_summary(s: dict) -> str:
     """A few aligned sections: headline, bounds, power, per-layer and per-opcode cycles."""
     attention = "Λ" if s["lambda_attention"] else "dense"
-    twin = ", timed as its dense twin with RING/LAMBDA flags" if s["lambda_twin"] else ""
     lines = [
-        f"{s['model']}, recipe {s['recipe']} ({attention} attention{twin}) on {s['board']} at {s['clock_mhz']:g} MHz",
+        f"{s['model']}, recipe {s['recipe']} ({attention} attention) on {s['board']} at {s['clock_mhz']:g} MHz",
         "",
         f"decode at context {s['context']:,}: {s['decode_tokens_per_s']:,.1f} tokens/s "
         f"({s['decode_seconds'] * 1e3:,.2f} ms, {s['decode_cycles']:,.0f} cycles)",

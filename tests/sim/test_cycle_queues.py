@@ -91,3 +91,22 @@ def test_request_latency_overlaps_the_previous_transfer_only():
     s = schedule([COMPUTE, LOAD, LOAD], [20, 10, 10], [0, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0],
                  latency=[0, 4, 4])
     assert s.end.tolist() == [20, 10, 30]
+
+
+def test_transfers_share_a_pseudo_channel_but_not_disjoint_ones():
+    units, cycles, zeros = [LOAD, STORE], [10, 6], [0, 0]
+    same = schedule(units, cycles, zeros, zeros, zeros, zeros, channels=[(0, 32), (0, 32)])
+    assert same.end.tolist() == [10, 16]  # the store waits for the channels the load holds
+    apart = schedule(units, cycles, zeros, zeros, zeros, zeros, channels=[(0, 16), (16, 16)])
+    assert apart.end.tolist() == [10, 6]
+    overlap = schedule(units, cycles, zeros, zeros, zeros, zeros, channels=[(0, 16), (15, 2)])
+    assert overlap.end.tolist() == [10, 16]
+    compute = schedule([LOAD, COMPUTE], cycles, zeros, zeros, zeros, zeros, channels=[(0, 32), None])
+    assert compute.end.tolist() == [10, 6]
+
+
+def test_earliest_start_goes_first_across_units():
+    # The store is ready at 0 and the load only after a compute token at 5: the store gets the channel first.
+    s = schedule([COMPUTE, LOAD, STORE], [5, 10, 10], [0, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0],
+                 channels=[None, (0, 1), (0, 1)])
+    assert s.end.tolist() == [5, 20, 10]
