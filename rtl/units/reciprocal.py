@@ -21,6 +21,9 @@ from llmfab.sim.special_functions import RECIP_TABLE_BITS, reciprocal_table
 
 RECIPROCAL_STAGES = 7
 RESULT_BITS = 17  # r in (2^15, 2^16]
+# |2^31 - u·r0| < 2^23 for every 16-bit u (tests/rtl/units/test_arith.py checks all of them), so
+# the Newton correction is a 17 × 25-bit product: one DSP48E2.
+ERROR_BITS = 25
 
 
 def exponent_bits(width: int) -> int:
@@ -43,7 +46,8 @@ def reciprocal_stages(lane: Lane, m: Value, carried: dict[str, Value] | None = N
     seed_index = s2.u[16 - 1 - RECIP_TABLE_BITS:15]  # bits 14..8: (u >> 8) - 128
     s3, carried = lane.carry(carried, r0=rom(reciprocal_table().tolist(), seed_index), u=s2.u, e=s2.e)
     s4, carried = lane.carry(carried, product=s3.u * s3.r0, r0=s3.r0, u=s3.u, e=s3.e)
-    s5, carried = lane.carry(carried, error=(1 << 31) - s4.product, r0=s4.r0, u=s4.u, e=s4.e)
+    s5, carried = lane.carry(carried, error=((1 << 31) - s4.product)[:ERROR_BITS].as_signed(),
+                             r0=s4.r0, u=s4.u, e=s4.e)
     s6, carried = lane.carry(carried, correction=s5.r0 * s5.error, r0=s5.r0, u=s5.u, e=s5.e)
     s7, carried = lane.carry(carried, r=(s6.r0 + round_shift(s6.correction, 31))[:RESULT_BITS],
                              u=s6.u, e=s6.e)

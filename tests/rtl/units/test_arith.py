@@ -90,3 +90,19 @@ def test_every_catalog_unit_elaborates():
 
     for build in unit_catalog(lanes=2, max_beats=4).values():
         Fragment.get(build(), None)
+
+
+def test_newton_error_terms_fit_the_widths_the_units_give_them():
+    """The reciprocal and rsqrt units keep the Newton error term in ERROR_BITS (one DSP48E2 for
+    the correction); the term depends only on the 16-bit mantissa, so all of them are checked."""
+    from llmfab.rtl.units import reciprocal, rsqrt
+    from llmfab.sim.special_functions import reciprocal_table, rsqrt_table
+
+    u = np.arange(1 << 15, 1 << 16, dtype=np.int64)
+    r0 = reciprocal_table()[(u >> 8) - 128]
+    limit = 1 << (reciprocal.ERROR_BITS - 1)
+    assert np.all(np.abs((1 << 31) - u * r0) < limit)
+    for odd in (0, 1):
+        y0 = rsqrt_table()[odd * 64 + (u >> 9) - 64]
+        error = (1 << 31) - (u << odd) * numerics.round_shift(y0 * y0, 16)
+        assert np.all(np.abs(error) < 1 << (rsqrt.ERROR_BITS - 1))
