@@ -133,8 +133,8 @@ PRESETS: dict[str, tuple[str, EngineParams]] = {
     "u55c-default": ("u55c", _engine(225, 32, 64, 64, 512, 64, 2048, 512, 4096, 256)),
     # Sized with the cycle model for Llama-2-7B accllm decode (docs/performance.md): 8,192 decode
     # lanes (2x the stream) and 8,192 attention lanes so GEMMs and Λ attention stop holding up
-    # the weight stream, an 8 MiB KV buffer for the S + W = 1,028-slot ring, 2 MiB of activations
-    # for 9-token prefill chunks.
+    # the weight stream, an 8 MiB KV buffer for one layer's Λ cache region (6.5 MB), 2 MiB of
+    # activations for 9-token prefill chunks.
     "u280-accllm": ("u280", _engine(225, 32, 64, 64, 8192, 64, 4096, 2048, 8192, 256, weight_bits=2.0)),
 }
 
