@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="accllm",
                         help="compression recipe preset for --model (w8a8kv8, w4a8kv4, w2a8kv4, accllm; default accllm)")
     parser.add_argument("--board", help="board for --model (u280, u55c, vhk158; default: the engine preset's board)")
-    parser.add_argument("--engine", default="u280-default",
-                        help="engine preset for --model (docs/hardware.md; default u280-default)")
+    parser.add_argument("--engine", default="u280-accllm",
+                        help="engine preset for --model (docs/hardware.md; default u280-accllm, the engine sized "
+                        "for Llama-2-7B)")
     parser.add_argument("--context", type=int, default=DEFAULT_CONTEXT,
                         help=f"tokens already in the cache when the decode step runs (default {DEFAULT_CONTEXT})")
     parser.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT,
