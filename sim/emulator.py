@@ -236,6 +236,10 @@ class Emulator:
         if rows == 0:
             return np.zeros((0, row_bytes), dtype=np.uint8)
         memory = self._check(buf, addr, addr + (rows - 1) * stride + row_bytes)
+        if stride == row_bytes:
+            return memory[addr:addr + rows * row_bytes].reshape(rows, row_bytes)
+        if stride > row_bytes and addr + rows * stride <= memory.size:
+            return memory[addr:addr + rows * stride].reshape(rows, stride)[:, :row_bytes]
         return np.lib.stride_tricks.as_strided(memory[addr:], shape=(rows, row_bytes), strides=(stride, 1))
 
     def read_act32(self, buf: int, addr: int, rows: int, cols: int, stride: int = 0) -> np.ndarray:

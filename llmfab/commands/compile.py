@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compile from --model-config without weights: instructions and placement, no memory images")
     parser.add_argument("--model-config",
                         help="with --shape-only: a model name (e.g. llama-2-7b) or a JSON ModelConfig file")
-    parser.add_argument("--preset", default="w2a8kv4",
-                        help="with --shape-only: the compression recipe preset to assume (default w2a8kv4)")
+    parser.add_argument("--preset", default="accllm",
+                        help="with --shape-only: the compression recipe preset to assume (default accllm)")
     parser.add_argument("--emit-ir", action="store_true",
                         help="print the lowered cascade of one decoder layer in the IR text format")
     parser.add_argument("--layer", type=int, default=0, help="--emit-ir: decoder layer to print (default 0)")

@@ -193,7 +193,8 @@ def test_buffer_overflow_is_an_error(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_compiles_and_emulates_bit_exact(tmp_path):
-    """SmolLM2-135M, RTN 2:4 W2 with half-integer zero points and a KV4 cache, on u280-default."""
+    """SmolLM2-135M in the accllm formats (RTN 2:4 W2 with half-integer zero points, KV4 cache, Λ
+    attention with 4 sinks and a 1024 window) on u280-default."""
     from llmfab.quant.checkpoint import load_checkpoint
     from llmfab.quant.model import LlamaModel
     from llmfab.quant.recipe import Recipe
@@ -203,7 +204,7 @@ def test_smollm2_compiles_and_emulates_bit_exact(tmp_path):
     checkpoint = load_checkpoint("smollm2-135m")
     model = round_to_nearest_model(LlamaModel.from_checkpoint(checkpoint), bits=2, group_size=64, sparse=True,
                                    zero_halves=True)
-    recipe = Recipe.from_preset("w2a8kv4", sparsity="2:4", zero_point="half-integer")
+    recipe = Recipe.from_preset("accllm", zero_point="half-integer")
     save_artifact(tmp_path / "art", model, recipe, checkpoint.tokenizer, model_name="smollm2-135m")
     artifact, _, program = compile_artifact(tmp_path / "art", tmp_path / "prog", engine())
     ids = np.array(checkpoint.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 8))[:40]
