@@ -73,10 +73,16 @@ def test_eval_windows_longer_than_the_program_supports_exit_2(tiny_program, text
 @pytest.mark.parametrize("argv, message", [
     (["--backend", "board"], "unknown backend 'board'; known backends: emu, reference"),
     (["--backend", "reference"], "needs the artifact"),
+    (["--artifact", "somewhere"], "--artifact is for --backend reference"),
 ])
 def test_backend_choice_errors_exit_2(argv, message, tiny_program, capsys):
     assert main(["run", str(tiny_program[1]), *PROMPT, *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_backend_needs_a_program(capsys):
+    assert main(["eval", "--backend", "emu", "--max-tokens", "10"]) == 2
+    assert "use it with --program DIR" in capsys.readouterr().err
 
 
 def test_a_damaged_program_exits_2_naming_the_file(tiny_program, tmp_path, capsys):

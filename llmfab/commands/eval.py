@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
                         help="score a compiled program (`llmfab compile ... -o DIR`) through the host "
                         "runtime on --backend; with --backend reference, --artifact names the artifact "
                         "it was compiled from")
-    parser.add_argument("--backend", default="emu",
+    parser.add_argument("--backend", default=None,
                         help="with --program: what executes it, " + ", ".join(backend_names())
                         + " (default emu; see `llmfab run --help`)")
     parser.add_argument("--text", default=None,
@@ -49,7 +49,10 @@ def run(args) -> int:
     if args.max_tokens is not None and args.max_tokens < 2:
         raise InputError(f"--max-tokens must be at least 2, got {args.max_tokens}")
     text_path, text = read_text(args.text)
+    if args.backend is not None and not args.program:
+        raise InputError("--backend chooses what runs a compiled program; use it with --program DIR")
     if args.program:
+        args.backend = args.backend or "emu"
         tokenizer, model, described = load_program_scorer(args)
     else:
         tokenizer, model, described = load_model_or_artifact(args, quiet=args.json)

@@ -44,6 +44,11 @@ def open_from_args(program: str, args, quiet: bool = False):
     from llmfab.host.backend import BackendOptions
     from llmfab.host.runtime import open_runtime
 
+    from llmfab.errors import InputError
+
+    if args.artifact and args.backend != "reference":
+        raise InputError(f"--artifact is for --backend reference; the {args.backend} backend runs the program "
+                         "alone, drop --artifact")
     start = time.perf_counter()
     options = BackendOptions(artifact=Path(args.artifact) if args.artifact else None)
     runtime = open_runtime(program, args.backend, options)
