@@ -210,7 +210,8 @@ class RoutineEmitter:
         self.embed_half_zero = embed_half_zero
         self.steps: list[Step] = []
         self.tiles: list[Tile] = []
-        self.loaded = 0
+        self.loaded = 0  # tiles whose LOAD is emitted
+        self.tile_index = 0  # tiles whose GEMM is emitted
         self.norm_uses = 0
         self.stage_uses = 0
 
@@ -267,7 +268,6 @@ class RoutineEmitter:
             rows_src=RowSource.CONTEXT, start_src=StartSource.HISTORY)  # dense: positions P..P+T-1
         self.add(self.memory(Opcode.LOAD, region, Buffer.WGT, rope[1], 4 * c.head_dim, 4 * c.head_dim, **rows),
                  writes=[rope])
-        self.tile_index = 0
         for layer in range(c.num_layers):
             self.decoder_layer(layer)
         self.rmsnorm("norm.final", "x", "h")
@@ -319,8 +319,7 @@ class RoutineEmitter:
 
     def gemm(self, tile: Tile, a8: tuple, a8_row: int, dst: tuple, dst_stride: int) -> None:
         spec = tile.spec
-        index = self.tile_index
-        slot = self.region(self.m.wgt, f"tile{index % 2}")
+        slot = self.region(self.m.wgt, f"tile{self.tile_index % 2}")
         flags = (Flag.ACC_FIRST if tile.first else 0) | (Flag.ACC_LAST if tile.last else 0)
         flags |= Flag.HALF_ZERO if spec.half_zero else 0
         reads, writes = [a8, slot], [dst]
