@@ -3,12 +3,13 @@ the integer reference model against the float fake-quant model holding the same 
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/numerics_accuracy.py [--model smollm2-135m]
            [--tokens 2048] [--ctx 512] [--bits 4] [--group-size 64] [--sparse] [--kv float,kv4]
-           [--out results/numerics_accuracy.json]
+           [--sinks S --window W] [--out results/numerics_accuracy.json]
 
 Weights: round-to-nearest min-max group quantization of every decoder projection
 (quantize_groupwise), 8-bit per-row embeddings / LM head, A8 per-token inputs. Both models see
 the same windows of ``ctx`` tokens (stride ``ctx``), each prefilled through a fresh cache: KV4 is
 the quant default (per-channel keys in blocks of 32, per-token values) on both sides, or none.
+With ``--sinks/--window`` both models run Λ-shaped attention (S sinks + a W-token ring).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import torch
 
 from llmfab.quant.checkpoint import load_checkpoint
 from llmfab.quant.kv_cache_4bit import Kv4CacheConfig
-from llmfab.quant.lambda_attention import disable_lambda_attention, enable_kv4
+from llmfab.quant.lambda_attention import disable_lambda_attention, enable_kv4, enable_lambda_attention
 from llmfab.quant.model import LlamaModel
 from llmfab.quant.perplexity import default_text, windows
 from llmfab.sim.fixed_point import ACT32
 from llmfab.sim.integer_model import IntegerModel
 from llmfab.sim.integer_weights import integer_model_from_torch, round_to_nearest_model
+from llmfab.sim.kv_ring import LambdaShape
 
 
 def nll_sum(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -109,8 +111,11 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--sparse", action="store_true", help="2:4 magnitude pruning before quantization")
     parser.add_argument("--kv", default="kv4,float", help="comma list of cache kinds: kv4, float")
+    parser.add_argument("--sinks", type=int, help="Λ attention: attention sinks S (with --window)")
+    parser.add_argument("--window", type=int, help="Λ attention: window W (with --sinks); default dense")
     parser.add_argument("--out", default="results/numerics_accuracy.json")
     args = parser.parse_args()
+    shape = None if args.window is None else LambdaShape(args.sinks or 0, args.window)
 
     checkpoint = load_checkpoint(args.model)
     float_model = LlamaModel.from_checkpoint(checkpoint)
@@ -120,20 +125,24 @@ def main() -> None:
     rows = []
     for kind in args.kv.split(","):
         kv4 = Kv4CacheConfig() if kind == "kv4" else None
-        if kv4 is None:
+        if shape is not None:
+            enable_lambda_attention(model, shape.sinks, shape.window, kv4=kv4)
+        elif kv4 is None:
             disable_lambda_attention(model)
         else:
             enable_kv4(model, kv4)
         row = dict(model=args.model, weights=f"W{args.bits} g{args.group_size}" + (" 2:4" if args.sparse else ""),
                    activations="A8 per token", cache=kind, ctx=args.ctx, tokens=len(tokens),
-                   **compare(model, integer_model_from_torch(model, kv4), tokens, args.ctx, float_model))
+                   attention="dense" if shape is None else f"Λ {shape.sinks} sinks + {shape.window} window",
+                   **compare(model, integer_model_from_torch(model, kv4, shape), tokens, args.ctx, float_model))
         print(json.dumps(row), flush=True)
         rows.append(row)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(command="OMP_NUM_THREADS=1 python benchmarks/numerics_accuracy.py "
                                    + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                              if k not in ("sparse", "out")) + (" --sparse" if args.sparse else ""),
+                                              if k not in ("sparse", "out") and v is not None)
+                                   + (" --sparse" if args.sparse else ""),
                                    rows=rows), indent=2) + "\n")
 
 
