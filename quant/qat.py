@@ -52,7 +52,7 @@ class QatConfig:
     temperature: float = 1.0
     loss: str = "kl"
     mode: QatMode = QatMode.SCALES
-    checkpoint_every: int = 20
+    checkpoint_every: int = 5
     seed: int = 0
 
     def __post_init__(self):

@@ -45,9 +45,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calib-samples", type=int, help="calibration windows (preset default 32)")
     parser.add_argument("--calib-seq-len", type=int, help="tokens per calibration window (default 512)")
     parser.add_argument("--qat-steps", type=int,
-                        help="quantization-aware training steps after calibration (default 0: none); "
-                        "distills from the float model (KL on the calibration text), checkpoints to "
-                        "DIR.qat.pt and resumes from it. About 10-20 s a step for SmolLM2-135M on 2 cores")
+                        help="quantization-aware training steps after calibration (preset default: 20 "
+                        "for w2a8kv4 and accllm, 0 = none for the others); distills from the float model "
+                        "(KL on the calibration text), checkpoints to DIR.qat.pt and resumes from it. "
+                        "20-100 s a step for SmolLM2-135M on 2 cores, depending on load")
     parser.add_argument("--qat-mode", choices=("scales", "weights"),
                         help="what QAT trains: scales = the per-group weight scales only, codes frozen "
                         "(default; EfficientQAT's end-to-end step), weights = latent weights and scales "
@@ -55,7 +56,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qat-lr", type=float,
                         help="QAT learning rate of the latent weights in --qat-mode weights (default 1e-5)")
     parser.add_argument("--qat-scale-lr", type=float,
-                        help="QAT learning rate of the per-group scales (default 1e-3; cosine decay to 0)")
+                        help="QAT learning rate of the per-group scales (default 2e-3; cosine decay to 0)")
     parser.add_argument("--qat-loss", choices=("kl", "ce"),
                         help="QAT objective: kl = match the float model's next-token distribution "
                         "(default), ce = next-token cross-entropy on the calibration text")
