@@ -1,13 +1,15 @@
 """RTL resources (Yosys synth_xilinx -family xcup) and simulator speed, as JSON.
 
-Usage: python benchmarks/rtl.py [--engine u280-default] [--full-timeout 3600]
-                                [--out results/rtl.json]
+Usage: python benchmarks/rtl.py [--engine u280-default] [--check-ports 8] [--full]
+                                [--skip-synth] [--out results/rtl.json]
 
-Resources: the generated kernel (XRT top + shell) for the engine preset is synthesized with one
-and with two HBM ports; their difference is the cost of a port (AXI4 master + copy engine), and
-base + ports x per-port extrapolates to the preset. The full preset is then synthesized too
-(unless it exceeds --full-timeout), which checks the extrapolation. Both are compared with the
-board's capacity and its kernel-available share (capacity minus the platform shell).
+Resources: the generated kernel (XRT top + shell) at the preset's AXI width and burst length is
+synthesized with one and with two HBM ports; their difference is the cost of a port (AXI4
+master + copy engine), and base + ports x per-port extrapolates to the preset's port count. A
+kernel with --check-ports ports is synthesized too, to measure the extrapolation's error, and
+with --full the preset's whole kernel (on this shared machine the 32-port run was killed for
+memory). The preset's figures are compared with the board's capacity and with its
+kernel-available share (capacity minus the platform shell).
 
 Simulators: the kernel shell's cocotb test (two ports at the preset's AXI width, XRT driving it
 through s_axi_control, AXI memory models on the masters) runs on Icarus and Verilator; cycles
@@ -38,37 +40,45 @@ def _synth_ports(engine, ports: int, timeout: float | None):
     return synthesize(sources.verilog, KERNEL_NAME, timeout_s=timeout)
 
 
-def resources(preset: str, full_timeout: float) -> dict:
+def resources(preset: str, check_ports: int, full: bool, timeout: float) -> dict:
     from llmfab.boards.hardware import HardwareConfig
     from llmfab.rtl.synth import SynthesisFailed
 
     config = HardwareConfig.from_preset(preset)
     engine, board = config.engine, config.board
-    one, two = _synth_ports(engine, 1, None), _synth_ports(engine, 2, None)
+    one, two = _synth_ports(engine, 1, timeout), _synth_ports(engine, 2, timeout)
     r1, r2 = one.resources.as_dict(), two.resources.as_dict()
     per_port = {k: r2[k] - r1[k] for k in r1}
     base = {k: r1[k] - per_port[k] for k in r1}
-    extrapolated = {k: base[k] + engine.hbm_ports * per_port[k] for k in r1}
-    capacity = board.fabric.resources.as_dict()
-    kernel_capacity = board.kernel_resources.as_dict()
+
+    def extrapolate(ports: int) -> dict:
+        return {k: base[k] + ports * per_port[k] for k in r1}
+
     report = {
         "preset": preset, "board": board.name, "hbm_ports": engine.hbm_ports,
         "axi_data_width_bits": engine.axi_data_width_bits, "axi_burst_len": engine.axi_burst_len,
+        "scaling": "resources = base + ports x per_port, from the 1- and 2-port kernels",
         "synth_1_port": one.to_dict(), "synth_2_ports": two.to_dict(),
-        "per_port": per_port, "base": base, "extrapolated": extrapolated,
-        "board_capacity": capacity, "kernel_capacity": kernel_capacity,
+        "per_port": per_port, "base": base, "extrapolated": extrapolate(engine.hbm_ports),
     }
-    try:
-        full = _synth_ports(engine, engine.hbm_ports, full_timeout)
-        report["synth_full"] = full.to_dict()
-        measured = full.resources.as_dict()
-        report["extrapolation_error"] = {k: (extrapolated[k] - measured[k]) / measured[k] if measured[k] else None
-                                         for k in measured}
-    except SynthesisFailed as err:
-        report["synth_full"] = {"error": str(err)}
-        measured = extrapolated
-    report["utilization_of_board"] = {k: measured[k] / capacity[k] for k in measured}
-    report["utilization_of_kernel_capacity"] = {k: measured[k] / kernel_capacity[k] for k in measured}
+    measured = None
+    for ports, key in ((check_ports, "synth_check"), *(((engine.hbm_ports, "synth_full"),) if full else ())):
+        try:
+            result = _synth_ports(engine, ports, timeout)
+        except SynthesisFailed as err:
+            report[key] = {"ports": ports, "error": str(err).splitlines()[0]}
+            continue
+        got, guess = result.resources.as_dict(), extrapolate(ports)
+        report[key] = {"ports": ports, **result.to_dict(),
+                       "extrapolation_error": {k: (guess[k] - got[k]) / got[k] if got[k] else None for k in got}}
+        if ports == engine.hbm_ports:
+            measured = got
+    figures = measured or report["extrapolated"]
+    report["preset_figures"] = "synthesized" if measured else "extrapolated"
+    capacity, kernel_capacity = board.fabric.resources.as_dict(), board.kernel_resources.as_dict()
+    report["board_capacity"], report["kernel_capacity"] = capacity, kernel_capacity
+    report["utilization_of_board"] = {k: figures[k] / capacity[k] for k in figures}
+    report["utilization_of_kernel_capacity"] = {k: figures[k] / kernel_capacity[k] for k in figures}
     return report
 
 
@@ -104,8 +114,12 @@ def simulator_speed(preset: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", default="u280-default", help="engine preset to synthesize")
-    parser.add_argument("--full-timeout", type=float, default=3600.0,
-                        help="seconds allowed for synthesizing the full preset (then only the extrapolation is kept)")
+    parser.add_argument("--check-ports", type=int, default=8,
+                        help="also synthesize a kernel with this many ports to check the extrapolation (default 8)")
+    parser.add_argument("--full", action="store_true",
+                        help="also synthesize the preset's full port count (32 ports of the U280 preset need "
+                        "several GB and about an hour with Yosys 0.23)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per Yosys run")
     parser.add_argument("--skip-synth", action="store_true", help="only measure the simulators")
     parser.add_argument("--out", default="results/rtl.json", help="JSON file to write")
     args = parser.parse_args()
@@ -116,7 +130,8 @@ def main() -> None:
     print(json.dumps(report["simulators"], indent=1), file=sys.stderr)
     if not args.skip_synth:
         reason = missing_yosys()
-        report["resources"] = {"skipped": reason} if reason else resources(args.engine, args.full_timeout)
+        report["resources"] = {"skipped": reason} if reason else resources(args.engine, args.check_ports, args.full,
+                                                                                     args.timeout)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}")
