@@ -302,6 +302,9 @@ def decode(word: bytes, address: int = 0) -> Instruction:
     values["opcode"] = opcode
     inst = Instruction(**values)
     check_tokens(inst, address)
+    if inst.rows_src > max(RowSource) or inst.start_src > max(StartSource):
+        raise IsaError(f"instruction {address} ({opcode.name}): row source {inst.rows_src} / start source "
+                       f"{inst.start_src} does not exist; the word is corrupt")
     return inst
 
 
@@ -331,14 +334,16 @@ class Registers:
     chunk: int = 0
 
     def value(self, source: RowSource, imm: int) -> int:
-        source = RowSource(source)
-        if source is RowSource.IMM:
+        """The row bound ``source`` names (int comparisons: this runs for every instruction)."""
+        if source == 0:  # IMM
             return imm
-        if source is RowSource.TOKENS:
+        if source == 1:  # TOKENS
             return self.n_tokens
-        if source is RowSource.HISTORY:
+        if source == 2:  # HISTORY
             return self.position
-        return self.position + self.n_tokens
+        if source == 3:  # CONTEXT
+            return self.position + self.n_tokens
+        raise IsaError(f"row source {source} does not exist (0..3)")
 
 
 def hbm_row(inst: Instruction, row: int) -> tuple[int, int]:
@@ -357,10 +362,10 @@ def row_range(inst: Instruction, regs: Registers) -> tuple[int, int]:
     source of ZERO gives start 0.
     """
     end = regs.value(inst.rows_src, inst.rows)
-    if not is_memory(inst.opcode):
+    if inst.opcode not in UNIT_OF:  # COMPUTE
         return 0, end
     shift = inst.block_shift
-    start = 0 if StartSource(inst.start_src) is StartSource.ZERO else regs.position
+    start = 0 if inst.start_src == 0 else regs.position  # ZERO or HISTORY (decode rejects others)
     start >>= shift
     end = -((-end) >> shift) if inst.end_ceil else end >> shift
     return start, max(end - start, 0)

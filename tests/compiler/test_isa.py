@@ -46,6 +46,8 @@ def random_instruction(rng: random.Random, opcode: Opcode) -> Instruction:
         values["pop_prev"] = values["push_prev"] = 0
     if opcode is Opcode.STORE:
         values["pop_next"] = values["push_next"] = 0
+    values["rows_src"] %= 4
+    values["start_src"] = values.get("start_src", 0) % 2 if "start_src" in values else 0
     return Instruction(opcode, **values)
 
 
@@ -84,6 +86,11 @@ def test_unknown_opcode_names_its_address():
     broken = program[:WORD_BYTES] + bytes([0x7E]) + program[WORD_BYTES + 1:]
     with pytest.raises(IsaError, match=r"instruction 1 \(byte offset 32\): unknown opcode 0x7e"):
         decode_program(broken)
+
+
+def test_undefined_row_sources_are_rejected():
+    with pytest.raises(IsaError, match="instruction 4 \\(ADD\\): row source 9"):
+        decode(Instruction(Opcode.ADD, rows_src=9).encode(), 4)
 
 
 def test_reserved_bits_and_torn_stream_are_rejected():
