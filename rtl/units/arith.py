@@ -39,10 +39,16 @@ def saturate(value: Value, bits: int, is_signed: bool = True) -> Value:
 
 
 def clamp(value: Value, lo: int, hi: int) -> Value:
-    """`min(max(v, lo), hi)` in the narrowest shape holding `[lo, hi]`."""
+    """`min(max(v, lo), hi)` in the narrowest shape holding `[lo, hi]`. A bound the value's shape
+    cannot cross gets no comparator (Verilator rejects comparisons that are always false)."""
     shape = shape_for(lo, hi)
-    inside = value[:shape.width].as_signed() if shape.signed else value[:shape.width].as_unsigned()
-    return Mux(value > hi, Const(hi, shape), Mux(value < lo, Const(lo, shape), inside))
+    result = value[:shape.width].as_signed() if shape.signed else value[:shape.width].as_unsigned()
+    own = value.shape()
+    if (-(1 << (own.width - 1)) if own.signed else 0) < lo:
+        result = Mux(value < lo, Const(lo, shape), result)
+    if ((1 << (own.width - 1)) - 1 if own.signed else (1 << own.width) - 1) > hi:
+        result = Mux(value > hi, Const(hi, shape), result)
+    return result
 
 
 def shape_for(lo: int, hi: int) -> Shape:
