@@ -263,9 +263,9 @@ def _build(verilog: str, *, simulator: str, toplevel: str, build_args: Sequence[
     with _locked(folder.with_name(folder.name + ".lock")):
         if stamp.exists() and stamp.read_text() == key:
             return folder, True, 0.0
-        if folder.exists():
+        if folder.exists() and build_dir is None:  # a stale or half-built cache entry; never a caller's folder
             shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         source = folder / f"{toplevel}.v"
         source.write_text(verilog)
         log = folder / "build.log"

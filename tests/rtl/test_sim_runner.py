@@ -80,3 +80,15 @@ def test_waves_are_written_into_the_test_folder():
     result = simulate(SaturatingAccumulator(width=8), toplevel="sat_acc", test_module=HARNESS, simulator="icarus",
                       extra_env={"HARNESS_WIDTH": "8"}, waves=True)
     assert (result.test_dir / "sat_acc.fst").stat().st_size > 0
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(missing_tool("icarus") is not None, reason=str(missing_tool("icarus")))
+def test_a_given_build_dir_is_used_and_its_other_files_kept(tmp_path):
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    result = simulate(SaturatingAccumulator(width=8), toplevel="sat_acc", test_module=HARNESS, simulator="icarus",
+                      extra_env={"HARNESS_WIDTH": "8"}, build_dir=tmp_path, test_dir=tmp_path / "run")
+    assert result.build_dir == tmp_path and not result.cached_build
+    assert (tmp_path / "sim.vvp").exists() and keep.read_text() == "mine"
+    assert (tmp_path / "run" / "results.xml").exists()
