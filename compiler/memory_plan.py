@@ -214,6 +214,8 @@ def plan_memory(plan: ModelPlan, hardware: HardwareConfig) -> MemoryPlan:
         raise BufferPlanError(f"KV blocks of {plan.block_tokens} tokens: the engine addresses blocks by shifts, "
                               "so the block must be a power of two")
     capacity = None if plan.lambda_attention else kv_capacity(plan, e.kv_buffer_bytes)
+    if plan.lambda_attention:
+        _check_lambda_kv(plan, e.kv_buffer_bytes)
     per_row = act_map(plan, 1, e.activation_buffer_bytes).used
     chunk = min(e.activation_buffer_bytes // max(per_row, 1) + 1, capacity or MAX_ROWS, MAX_ROWS)
     while chunk >= 1:
@@ -224,6 +226,19 @@ def plan_memory(plan: ModelPlan, hardware: HardwareConfig) -> MemoryPlan:
     raise BufferPlanError(
         f"not even one token fits the engine's buffers: one token of {plan.name or 'the model'} needs {per_row:,} "
         f"bytes of activations (buffer {e.activation_buffer_bytes:,}); use an engine with larger buffers")
+
+
+def _check_lambda_kv(plan: ModelPlan, kv_bytes: int) -> None:
+    """A Λ layer's key and value regions (for one-token chunks, the smallest) must fit the KV buffer."""
+    keys, values = kv_layouts(plan, 1, None)
+    need = keys.nbytes + values.nbytes
+    if need > kv_bytes:
+        r = plan.recipe
+        raise BufferPlanError(
+            f"one layer's Λ KV cache ({r.sinks} sinks + window {r.window}: keys {keys.nbytes:,} + values "
+            f"{values.nbytes:,} = {need:,} bytes, even with 1-token prefill chunks) does not fit the KV buffer "
+            f"({kv_bytes:,} bytes); use an engine with kv_buffer_bytes >= {need:,} (e.g. --engine u280-accllm) "
+            "or a recipe with a smaller attention window")
 
 
 def kv_layouts(plan: ModelPlan, chunk: int, capacity: int | None):

@@ -142,3 +142,12 @@ def test_load_after_store_is_relayed_through_compute():
     insts = assign_tokens(steps)
     assert insts[2].push_prev and insts[3].pop_next  # STORE -> ATTENTION
     assert insts[3].push_prev and insts[4].pop_next  # ATTENTION -> the next LOAD
+
+
+def test_lambda_cache_too_big_for_the_kv_buffer_names_the_kv_buffer():
+    """Llama-2-7B accllm on u280-default: the Λ region of a layer (~6.5 MB) exceeds the 4 MiB KV
+    buffer; the error names the KV buffer and the size it needs, not the activation buffer."""
+    plan = ModelPlan.build(model_shape("llama-2-7b"), Recipe.from_preset("accllm"), "llama-2-7b")
+    with pytest.raises(BufferPlanError, match=r"Λ KV cache .* does not fit the KV buffer \(4,194,304 bytes\)") as err:
+        compile_model(plan, HardwareConfig.from_preset("u280-default"), None)
+    assert "activation" not in str(err.value)
