@@ -30,11 +30,19 @@ class ReferenceRunStats:
 
 
 def check_same_model(program: "Program", artifact) -> None:
-    """ProgramError unless ``artifact`` holds the model config and recipe the program was built from."""
+    """ProgramError unless ``artifact`` holds the model config and recipe the program was built from
+    (compared as parsed objects, so fields added to the recipe since either was written take their
+    defaults on both sides)."""
     from llmfab.compiler.program import ProgramError
+    from llmfab.quant.config import ModelConfig
+    from llmfab.quant.recipe import Recipe
 
-    for key in ("config", "recipe"):
-        if program.manifest.get(key) != artifact.manifest.get(key):
+    for key, kind in (("config", ModelConfig), ("recipe", Recipe)):
+        try:
+            built_from = kind.from_dict(program.manifest[key])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProgramError(f"{program.folder}/manifest.json has a malformed model {key} ({err})") from None
+        if built_from != getattr(artifact, key):
             raise ProgramError(
                 f"artifact {artifact.folder} has another model {key} than program {program.folder} was "
                 "compiled from; pass the artifact given to `llmfab compile` (--artifact DIR)"

@@ -64,6 +64,22 @@ def test_chunked_prefill_equals_decode_steps_when_tokens_are_quantized_one_by_on
     np.testing.assert_array_equal(np.stack(stepped), chunked)
 
 
+def test_lambda_program_streams_past_the_window_bit_exact_in_chunks_and_steps(tiny_lambda_program):
+    """Λ: the ring lives in device memory, the host only passes positions; no context limit, and a
+    prefill in chunks equals one decode step per token (docs/numerics.md §13.3)."""
+    artifact, folder = tiny_lambda_program
+    program = load_program(folder)
+    assert program.limits.max_context is None and program.limits.window == 16
+    emu = Sequence(open_backend("emu", program))
+    reference = Sequence(open_backend("reference", program, BackendOptions(artifact=artifact)))
+    ids = stream_ids(program.limits.vocab_size, program.limits.max_prefill_tokens + 40, seed=3)
+    chunked = emu.prefill(ids)
+    np.testing.assert_array_equal(chunked, reference.prefill(ids))
+    emu.reset()
+    stepped = [emu.prefill(ids[:1])[0]] + [emu.decode(int(t)) for t in ids[1:48]]
+    np.testing.assert_array_equal(np.stack(stepped), chunked[:48])
+
+
 def test_a_prompt_longer_than_the_dense_context_is_a_clear_error(opened):
     program, emu, _ = opened
     context = program.limits.max_context
