@@ -10,8 +10,9 @@ tokens contiguous after them (``S + j - window_start(i)``) — and the query sit
 The cache memory is S sink slots plus a ring of W token slots (:func:`token_slot`). A stream
 stored per channel is cut into blocks of B tokens that share statistics; :class:`BlockLayout`
 numbers the blocks of one store (the sinks, or the window ring), says when each token's block
-is complete (:meth:`BlockLayout.ready_at`), which blocks are still held after a number of tokens
-(eviction of whole blocks, :meth:`BlockLayout.held_blocks`) and which block slot holds a block.
+is complete (:meth:`BlockLayout.ready_at`; :func:`reads_stored` is the reading rule built on it),
+which blocks are still held after a number of tokens (eviction of whole blocks,
+:meth:`BlockLayout.held_blocks`) and which block slot holds a block.
 
 Every function is integer numpy arithmetic, vectorized over stream indices; the integer model
 (sim/integer_model.py) and the instruction emulator share them, so both address and rotate the
@@ -95,6 +96,15 @@ def slot_keys(shape: LambdaShape, queries) -> np.ndarray:
     i = _ints(queries)[:, None]
     sinks = np.broadcast_to(np.arange(shape.sinks, dtype=np.int64), (i.shape[0], shape.sinks))
     return np.concatenate([sinks, i - shape.window + 1 + np.arange(shape.window, dtype=np.int64)], axis=1)
+
+
+def reads_stored(queries, ready_at) -> np.ndarray:
+    """bool ``[n, m]``: query ``queries[a]`` reads token b in its stored (quantized) form, i.e. the
+    token was ready when the query's own token was stored (``ready_at <= i``); otherwise the
+    token is still waiting unquantized. ``ready_at`` ``[m]`` (or ``[n, m]``, per query) is the
+    token's stream index for per-token streams and :meth:`BlockLayout.ready_at` for per-channel
+    ones. This causal rule makes every prefill chunking give the decode steps' integers."""
+    return _ints(ready_at) <= _ints(queries)[:, None]
 
 
 def token_slot(shape: LambdaShape, stream_index) -> np.ndarray:

@@ -248,7 +248,7 @@ def lambda_attention(q, keys: Timeline, values: Timeline, start: int, shape: Lam
 def _forms(timeline: Timeline, queries: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """(ACT32 ``[KV, m, D]``, bool ``[n, m]`` where the queries read it) for the stored form, and
     for the raw form if some token is still raw for some query."""
-    ready = timeline.ready_at[None, :] <= queries[:, None]
+    ready = kv_ring.reads_stored(queries, timeline.ready_at)
     forms = [(timeline.stored, ready)]
     if not ready.all():
         forms.append((timeline.raw, ~ready))
@@ -281,7 +281,7 @@ def _full_ring_attention(q, queries, keys: Timeline, values: Timeline, shape, co
     at = np.searchsorted(keys.index, kv_ring.slot_keys(shape, queries))  # [n, S+W]
     gathered = []
     for timeline in (keys, values):
-        reads = (timeline.ready_at[at] <= queries[:, None])[None, :, :, None]
+        reads = kv_ring.reads_stored(queries, timeline.ready_at[at])[None, :, :, None]
         chosen = np.where(reads, timeline.stored[:, at], timeline.raw[:, at])  # [KV, n, S+W, D]
         gathered.append(chosen.transpose(1, 0, 2, 3).reshape(-1, shape.slots, d))
     rotated_keys = apply_rope(gathered[0], cos, sin)

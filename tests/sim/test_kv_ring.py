@@ -16,6 +16,7 @@ from llmfab.sim.kv_ring import (
     chunk_keys,
     key_positions,
     query_positions,
+    reads_stored,
     ring_full,
     slot_keys,
     token_slot,
@@ -121,6 +122,14 @@ def test_block_arithmetic_and_ready_at():
     sinks = BlockLayout.sinks(LambdaShape(5, 8), block_tokens=4)
     assert sinks.ready_at(np.arange(5)).tolist() == [3, 3, 3, 3, NEVER]  # the fifth sink's block never fills
     assert BlockLayout.sinks(LambdaShape(2, 8), block_tokens=32).block_tokens == 2
+
+
+def test_a_query_reads_a_token_stored_once_its_block_was_complete_by_its_own_token():
+    window = BlockLayout.window(LambdaShape(2, 8), block_tokens=4)
+    ready = window.ready_at(np.arange(2, 10))  # blocks 2-5 and 6-9
+    reads = reads_stored([4, 5, 9], ready)
+    assert reads.tolist() == [[False] * 8, [True] * 4 + [False] * 4, [True] * 8]
+    assert np.array_equal(reads_stored([4, 5], np.stack([ready, ready])), reads[:2])  # per-query ready_at
 
 
 @pytest.mark.parametrize(("sinks", "window"), [(-1, 4), (2, 0), (2, 2.5), (True, 4)])
