@@ -3,8 +3,9 @@
 :class:`Sequence` keeps the stream position, splits a prompt into prefill chunks of at most
 ``limits.max_prefill_tokens`` tokens, runs decode steps, and checks every run against the
 program's limits before it starts (positions beyond a dense program's context, chunk sizes). The
-KV cache itself — dense, or Λ sink slots plus ring buffer — stays in device memory; a chunk at
-position p sees exactly what decode steps from p would have seen.
+KV cache itself — dense, or Λ sink slots plus ring buffer — stays in device memory. With Λ caches
+and per-token KV4 the logits do not depend on how a prompt is split into runs; with dense
+per-channel key blocks they depend on where chunks end (docs/numerics.md §6.4, docs/runtime.md).
 """
 
 from __future__ import annotations
