@@ -1,6 +1,6 @@
-"""Integer linear layers: per-token int8 requantization, weight preparation (signed codes, 2:4
-lane selection, group-scale multipliers), the grouped MAC with scale application, embeddings
-(docs/numerics.md §3, §4, §5).
+"""Integer linear layers: per-token int8 (or int16, A16) requantization, weight preparation (signed
+codes, 2:4 lane selection, group-scale multipliers), the grouped MAC with scale application,
+embeddings (docs/numerics.md §3, §4, §5).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import numpy as np
 
 from llmfab.sim.fixed_point import (
     ACT32,
-    ACT_CODE_MAX,
     check_range,
     normalize_mantissa,
     round_shift,
@@ -19,24 +18,50 @@ from llmfab.sim.fixed_point import (
 )
 from llmfab.sim.special_functions import reciprocal
 
-INV127 = 66052  # round(2**23 / 127): the activation scale m / 127 as a 16-bit mantissa (§3.3)
-GROUP_ACCUMULATOR_BITS = 32  # signed width of a group's integer sum P, widest case (§4.3)
+ACT_BITS = (8, 16)  # activation code widths: A8 everywhere, A16 for an LM head that needs it (§3)
+INV127 = 66052  # round(2**23 / 127): the activation scale m / 127 as a 16-bit mantissa (§3)
+INV32767 = 65538  # round(2**31 / 32767): the same for 16-bit codes (§3.1)
+STEP_RECIPROCALS = {8: INV127, 16: INV32767}  # round(2**(15 + bits) / code_max(bits))
+GROUP_ACCUMULATOR_BITS = 32  # signed width of a group's integer sum P with int8 codes, widest case (§4.3)
+GROUP_ACCUMULATOR_BITS_A16 = 40  # the same with int16 codes (§4.3); keeps Σ_g P_g·M_g inside int64
 ROW_ACCUMULATOR_BITS = 48  # signed width of the scaled row sum Y (DSP48E2 accumulator, §5.2)
 # kept lanes per 2:4 pattern code, numbered as in llmfab.quant.sparse_index
 PATTERN_LANES = np.array([(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)], dtype=np.int64)
 
 
+def code_max(bits: int) -> int:
+    """Largest code of a ``bits``-wide symmetric activation code: ``2**(bits-1) - 1`` (127, 32767)."""
+    if bits not in ACT_BITS:
+        raise ValueError(f"activation codes are {' or '.join(map(str, ACT_BITS))} bits, not {bits}")
+    return (1 << (bits - 1)) - 1
+
+
+def group_accumulator_bits(act_bits: int) -> int:
+    """Signed width of the group sum accumulator for ``act_bits``-wide activation codes (§4.3)."""
+    code_max(act_bits)
+    return GROUP_ACCUMULATOR_BITS if act_bits == 8 else GROUP_ACCUMULATOR_BITS_A16
+
+
+def check_group_accumulator(group_size: int, weight_peak: int, act_bits: int) -> None:
+    """Raise OverflowError when a group sum ``g * code_max * max|w|`` can overflow its accumulator (§4.3)."""
+    bits = group_accumulator_bits(act_bits)
+    bound = group_size * code_max(act_bits) * weight_peak
+    if bound >= 1 << (bits - 1):
+        raise OverflowError(f"group sums up to {bound} exceed the {bits}-bit accumulator")
+
+
 @dataclass(frozen=True, eq=False)
 class ActCodes:
-    """Per-token int8 codes of an ACT32 tensor and the step of each token (§3).
+    """Per-token int8 (or int16) codes of an ACT32 tensor and the step of each token (§3).
 
-    codes: int64 ``[..., n]`` in [-127, 127]; the token's step in ACT32 units is
-    ``scale_mantissa * 2**scale_exponent`` (mantissa 0 for an all-zero token).
+    codes: int64 ``[..., n]`` in ``[-code_max(bits), code_max(bits)]``; the token's step in ACT32
+    units is ``scale_mantissa * 2**scale_exponent`` (mantissa 0 for an all-zero token).
     """
 
     codes: np.ndarray
     scale_mantissa: np.ndarray
     scale_exponent: np.ndarray
+    bits: int = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,13 +84,16 @@ class IntegerWeight:
         return self.values.shape
 
 
-def requantize_per_token(x) -> ActCodes:
-    """ACT32 ``[..., n]`` -> int8 codes with one step per token (§3).
+def requantize_per_token(x, bits: int = 8) -> ActCodes:
+    """ACT32 ``[..., n]`` -> ``bits``-wide codes (8, or 16 for A16) with one step per token (§3).
 
-    ``m = max|x|``; ``(r, e) = reciprocal(m)``; ``x`` is pre-shifted by ``s0 = max(0, e - 15)`` to
-    at most 17 bits and ``q = sat127(rshr(rshr(x, s0) * (127 * r), 16 + e - s0))``. The step is
-    ``m / 127`` as ``A * 2**(e - 21)`` with ``A = rshr(u * INV127, 17)``, u the top 16 bits of m.
+    With ``Q = code_max(bits)`` (127 or 32767): ``m = max|x|``; ``(r, e) = reciprocal(m)``; ``x``
+    is pre-shifted by ``s0 = max(0, e - 15)`` to at most 17 bits and
+    ``q = satQ(rshr(rshr(x, s0) * (Q * r), 16 + e - s0))``. The step is ``m / Q`` as
+    ``A * 2**(e - 13 - bits)`` with ``A = rshr(u * round(2**(15 + bits) / Q), 17)``, u the top 16
+    bits of m (INV127 for 8 bits, INV32767 for 16).
     """
+    q_max = code_max(bits)
     x = np.asarray(x, dtype=np.int64)
     peak = np.abs(x).max(axis=-1, keepdims=True)
     nonzero = peak > 0
@@ -73,11 +101,11 @@ def requantize_per_token(x) -> ActCodes:
     r, e = reciprocal(safe)
     pre_shift = np.maximum(e - 15, 0)
     narrow = round_shift(x, pre_shift)
-    codes = round_shift(narrow * (ACT_CODE_MAX * r), 16 + e - pre_shift)
-    codes = np.clip(codes, -ACT_CODE_MAX, ACT_CODE_MAX) * nonzero
+    codes = round_shift(narrow * (q_max * r), 16 + e - pre_shift)
+    codes = np.clip(codes, -q_max, q_max) * nonzero
     u, e_m = normalize_mantissa(safe, 16)
-    mantissa = round_shift(u * INV127, 17) * nonzero
-    return ActCodes(codes, mantissa[..., 0], (e_m - 21)[..., 0])
+    mantissa = round_shift(u * STEP_RECIPROCALS[bits], 17) * nonzero
+    return ActCodes(codes, mantissa[..., 0], (e_m - 13 - bits)[..., 0], bits)
 
 
 def dequantize_act(act: ActCodes) -> np.ndarray:
@@ -146,8 +174,9 @@ def prepare_weight(codes, scales, zeros, group_size: int, pattern_codes=None,
     return IntegerWeight(values, mantissa, row_shift, group_size)
 
 
-def group_sums(codes, weight: IntegerWeight) -> np.ndarray:
-    """``P[t, o, g] = Σ_{i in group g} q[t, i] * w[o, i]`` as int64 ``[T, out, groups]`` (§4.3).
+def group_sums(codes, weight: IntegerWeight, act_bits: int = 8) -> np.ndarray:
+    """``P[t, o, g] = Σ_{i in group g} q[t, i] * w[o, i]`` as int64 ``[T, out, groups]`` (§4.3),
+    for ``act_bits``-wide codes.
 
     Integer-valued float64 matmuls are exact here: every partial sum is below 2**53.
     """
@@ -155,22 +184,20 @@ def group_sums(codes, weight: IntegerWeight) -> np.ndarray:
     out, n = weight.values.shape
     g = weight.group_size
     groups = n // g
-    bound = g * ACT_CODE_MAX * int(np.abs(weight.values).max(initial=0))
-    if bound >= 1 << (GROUP_ACCUMULATOR_BITS - 1):
-        raise OverflowError(f"group sums up to {bound} exceed the {GROUP_ACCUMULATOR_BITS}-bit accumulator")
+    check_group_accumulator(g, int(np.abs(weight.values).max(initial=0)), act_bits)
     qg = q.reshape(-1, groups, g).transpose(1, 0, 2).astype(np.float64)  # [G, T, g]
     wg = weight.values.reshape(out, groups, g).transpose(1, 2, 0).astype(np.float64)  # [G, g, out]
     return np.matmul(qg, wg).transpose(1, 2, 0).astype(np.int64)
 
 
 def linear(act: ActCodes, weight: IntegerWeight) -> np.ndarray:
-    """int8 activations ``[..., in]`` x integer weight -> ACT32 ``[..., out]`` (§5.2).
+    """int8 (or int16) activations ``[..., in]`` x integer weight -> ACT32 ``[..., out]`` (§5.2).
 
     ``Y = Σ_g P_g * M_g`` (48-bit), then ``y = sat32(rshr(Y * A, row_shift - E))`` with the token's
     step ``A * 2**E``.
     """
     lead = act.codes.shape[:-1]
-    sums = group_sums(act.codes.reshape(-1, act.codes.shape[-1]), weight)
+    sums = group_sums(act.codes.reshape(-1, act.codes.shape[-1]), weight, act.bits)
     rows = np.einsum("tog,og->to", sums, weight.scale_mantissa)
     check_range(rows, ROW_ACCUMULATOR_BITS, "scaled row sum Y")
     mantissa = act.scale_mantissa.reshape(-1, 1)
