@@ -285,8 +285,8 @@ def _full_ring_attention(q, queries, keys: Timeline, values: Timeline, shape, co
         chosen = np.where(reads, timeline.stored[:, at], timeline.raw[:, at])  # [KV, n, S+W, D]
         gathered.append(chosen.transpose(1, 0, 2, 3).reshape(-1, shape.slots, d))
     rotated_keys = apply_rope(gathered[0], cos, sin)
-    at = kv_ring.query_positions(shape, queries)  # S + W - 1 for every full-ring query
-    rotated_q = apply_rope(q, cos[at], sin[at])
+    slot = kv_ring.query_positions(shape, queries)  # S + W - 1 for every full-ring query
+    rotated_q = apply_rope(q, cos[slot], sin[slot])
     flat_q = rotated_q.transpose(1, 0, 2).reshape(n * heads, 1, d)
     mixed = attention(flat_q, rotated_keys, gathered[1], constants, np.ones((1, shape.slots), dtype=bool))
     return mixed.reshape(n, heads, d).transpose(1, 0, 2)
