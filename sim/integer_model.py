@@ -66,6 +66,8 @@ class IntegerModel:
     keys / values: KV4/KV8 formats of the cache streams, None to keep them as ACT32.
     inv_freq: float64 ``[head_dim/2]`` RoPE frequencies (the compiler turns them into tables).
     lambda_shape: S sinks and a W window for Λ-shaped attention, None for dense attention.
+    head_act_bits: width of the LM head's input codes, 8 or 16 (A16, docs/numerics.md §3.1); every
+    other linear takes int8 codes.
     """
 
     num_heads: int
@@ -79,6 +81,7 @@ class IntegerModel:
     keys: KvStoreFormat | None
     values: KvStoreFormat | None
     lambda_shape: LambdaShape | None = None
+    head_act_bits: int = 8
 
     def new_cache(self) -> "IntegerCache | LambdaCache":
         """An empty cache for one sequence (dense, or Λ when the model has a Λ shape)."""
@@ -107,7 +110,7 @@ class IntegerModel:
         for layer, attend in zip(self.layers, attends):
             x = decoder_layer(self, layer, x, attend)
         cache.position += ids.shape[0]
-        return linear(requantize_per_token(rmsnorm(x, self.final_norm)), self.lm_head)
+        return linear(requantize_per_token(rmsnorm(x, self.final_norm), self.head_act_bits), self.lm_head)
 
 
 def dense_attend(streams, cos, sin, constants: AttentionConstants):
@@ -211,6 +214,7 @@ class LambdaCache:
         self.position = 0
 
     def nbytes(self) -> int:
-        """Bytes held by every layer's sinks, ring blocks and staging (constant once S + W + 2B
-        tokens have passed)."""
+        """Bytes held by every layer's sinks, ring blocks and staging: bounded at any stream length
+        (docs/numerics.md §13.2); once the ring is full it depends only on the stream length
+        modulo the key/value block length."""
         return sum(k.nbytes() + v.nbytes() for k, v in self.layers)
