@@ -196,7 +196,8 @@ QAT_FIELDS = ("qat_steps", "qat_lr", "qat_scale_lr", "qat_loss", "qat_mode")
 def post_training_model(folder, config, recipe) -> LlamaModel:
     """The fake-quant model of the post-training artifact ``folder``, checked to be of the model
     ``config`` (ModelConfig) and of ``recipe`` up to its QAT settings: the starting point of QAT
-    without calibrating again."""
+    without calibrating again. An artifact does not keep GPTQ's pre-rounding weights, so
+    ``weights``-mode QAT from it starts with latent weights on the grid."""
     from llmfab.quant.artifact import load_artifact
 
     artifact = load_artifact(folder)
