@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmfab.atomic import atomic_folder
 from llmfab.boards.hardware import HardwareConfig, HardwareConfigError
 from llmfab.compiler.isa import WORD_BYTES, encode_program
 from llmfab.compiler.placement import connectivity_cfg
@@ -109,9 +107,7 @@ def write_program(folder: Path | str, compiled, tokenizer_json: str | None, mode
     if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir()) or (folder / MANIFEST).is_file())):
         raise ProgramError(f"output {folder} exists and is not a program folder; choose a new or empty folder with -o")
     shape_only = not compiled.placement.with_images
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         (tmp / INSTRUCTIONS).write_bytes(encode_program(compiled.instructions))
         pcs = []
         used = compiled.placement.bytes_per_pc()
@@ -132,17 +128,6 @@ def write_program(folder: Path | str, compiled, tokenizer_json: str | None, mode
         manifest["files"] = {p.relative_to(tmp).as_posix(): _sha256(p)
                              for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

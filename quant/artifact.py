@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from llmfab.atomic import atomic_folder
 from llmfab.errors import InputError
 from llmfab.quant.config import ModelConfig
 from llmfab.quant.model import LlamaModel, iter_linears, replace_linear
@@ -82,23 +80,10 @@ def save_artifact(folder: Path | str, model: LlamaModel, recipe: Recipe, tokeniz
     }
     tokenizer_json = tokenizer.to_json()
     manifest["files"] = {TOKENIZER: hashlib.sha256(tokenizer_json.encode()).hexdigest()}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         save_file(tensors, str(tmp / TENSORS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         (tmp / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

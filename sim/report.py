@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from llmfab.atomic import atomic_folder
 from llmfab.boards.hardware import EngineDoesNotFitError, HardwareConfig, Mode
 from llmfab.errors import InputError
 from llmfab.quant.config import ModelConfig
@@ -56,9 +54,7 @@ def write_report(folder: str | Path, config: ModelConfig, recipe: Recipe, hardwa
     data = summary(program, context, prompt_tokens, sim)
     data["engine"] = engine_name
     data["notes"] = notes
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         data["roofline_points"] = _roofline(tmp / "roofline.png", program, sim, context)
         report_plots.layer_breakdown(tmp / "layers.png", data["cycles_by_layer"], data["cycles_by_opcode"])
         data["context_sweep"] = _contexts(tmp / "context.png", config, recipe, hardware, sweeps.contexts)
@@ -66,17 +62,6 @@ def write_report(folder: str | Path, config: ModelConfig, recipe: Recipe, hardwa
         data["design_sweep"] = _design(tmp / "design_sweep.png", program, context, sweeps)
         (tmp / "summary.json").write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
         (tmp / MARKER).write_text(markdown(data), encoding="utf-8")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return data
 
 
