@@ -1,9 +1,9 @@
 """Compression quality of every preset against the float model, plus the long-stream curve.
 
 Usage: OMP_NUM_THREADS=2 python benchmarks/quality.py [--model smollm2-135m]
-           [--presets w8a8kv8,w4a8kv4,w2a8kv4,accllm] [--qat-steps 0] [--max-tokens 4096]
+           [--presets w8a8kv8,w4a8kv4,w2a8kv4,accllm] [--qat-steps N] [--max-tokens 4096]
            [--ctx 512,2048] [--artifacts results/artifacts] [--stream-tokens 16384]
-           [--out results/quality.json] [--plot results/quality.png]
+           [--out results/quality.json] [--plot results/quality.png] [--reuse-stream EARLIER.json]
 
 For the float model and each preset: perplexity on the bundled persuasion.txt (never used for
 calibration or QAT) at each --ctx over the first --max-tokens tokens, bits per weight (codes,
@@ -120,11 +120,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--presets", default="w8a8kv8,w4a8kv4,w2a8kv4,accllm")
-    parser.add_argument("--qat-steps", type=int, default=0, help="QAT steps for the 2-bit presets")
+    parser.add_argument("--qat-steps", type=int, default=None,
+                        help="QAT steps for the 2-bit presets (default: each preset's own setting)")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--ctx", default="512,2048")
     parser.add_argument("--artifacts", default="results/artifacts")
     parser.add_argument("--stream-tokens", type=int, default=16384)
+    parser.add_argument("--reuse-stream", default=None,
+                        help="take the long-stream curves from an earlier output JSON instead of recomputing them")
     parser.add_argument("--out", default="results/quality.json")
     parser.add_argument("--plot", default="results/quality.png")
     args = parser.parse_args()
@@ -139,8 +142,8 @@ def main() -> None:
              "model_bytes": 4 * checkpoint.config.num_parameters(),
              "kv_bytes_per_token": 2 * 2 * checkpoint.config.num_layers * checkpoint.config.kv_dim}]
     for preset in [p for p in args.presets.split(",") if p]:
-        steps = args.qat_steps if preset in ("w2a8kv4", "accllm") else 0
-        recipe = Recipe.from_preset(preset, qat_steps=steps)
+        overrides = {"qat_steps": args.qat_steps} if args.qat_steps is not None and preset in ("w2a8kv4", "accllm") else {}
+        recipe = Recipe.from_preset(preset, **overrides)
         artifact = artifact_for(preset, checkpoint, recipe, pathlib.Path(args.artifacts) / preset, args.model)
         attention = apply_kv_and_attention(artifact.model, artifact.recipe)
         sizes = artifact.manifest["sizes"]
@@ -152,9 +155,13 @@ def main() -> None:
     for row in rows:
         row["ppl_ratio"] = {c: row["ppl"][c] / rows[0]["ppl"][c] for c in row["ppl"]}
     result = {"model": args.model, "text": "persuasion.txt", "tokens": len(scored), "contexts": contexts,
-              "qat_steps": args.qat_steps, "trained_context": checkpoint.config.max_position_embeddings,
+              "trained_context": checkpoint.config.max_position_embeddings,
               "models": rows}
-    if args.stream_tokens:
+    if args.reuse_stream:
+        earlier = json.loads(pathlib.Path(args.reuse_stream).read_text())
+        result["long_stream"] = earlier["long_stream"]
+        result["long_stream_from"] = args.reuse_stream
+    elif args.stream_tokens:
         result["long_stream"] = long_stream(checkpoint, tokens, args.stream_tokens)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
