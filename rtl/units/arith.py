@@ -112,3 +112,14 @@ def shift_round_saturate(value: Value, shift: Value, bits: int) -> Value:
     amount = -shift
     left = value << Mux(amount > bits, bits, amount[:bits.bit_length()])[:bits.bit_length()]
     return saturate(Mux(shift >= 0, right, left), bits)
+
+
+def shift_add_multiply(a: Value, w: Value) -> Value:
+    """`a · w` for a narrow signed `w` as shift-and-add (§4.1): the partial products `a << k`
+    selected by the bits of `w`, the sign bit's subtracted. No multiplier is inferred, so
+    synthesis builds it from LUTs and leaves the DSPs for the wide products."""
+    width = len(w)
+    total = -Mux(w[width - 1], a << (width - 1), 0) if w.shape().signed else Mux(w[width - 1], a << (width - 1), 0)
+    for k in range(width - 1):
+        total = total + Mux(w[k], a << k, 0)
+    return total

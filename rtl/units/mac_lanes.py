@@ -12,12 +12,13 @@ by `M_g` into the 48-bit row sum `Y`, and at the row's last beat outputs
 
 Pipeline: 1 weight forming / lane select, 2 products, T adder-tree stages (registered every
 two levels), 1 group accumulator, 1 `P · M` (group_bits × 16: one DSP48E2 up to 27 bits),
-1 row accumulator (48 bits, the DSP's P register), 2 `Y · A` (48 × 16 bits, 2 DSP48E2 with the
-48-bit operand split, and a cascade register), 1 rounding shift and saturation: `latency(lanes) = 8 + T`. Throughput one
+1 row accumulator (48 bits, the DSP's P register), 2 `Y · A` (48 × 16 bits, 3 DSP48E2 as Yosys
+maps it, and a cascade register), 1 rounding shift and saturation: `latency(lanes) = 8 + T`. Throughput one
 beat per cycle, so a row of `n` inputs takes `n / lanes` cycles plus the latency once per
 stream of rows (rows follow each other without a bubble). The int8 × (b+1)-bit products of 2-
-to 4-bit weights are shift-and-add LUT logic (§4.1); 8-bit weights use one DSP per product.
-DSP48E2 by construction: 3 per unit (P·M, Y·A), plus `lanes` (or `lanes/2` under 2:4) for W8.
+to 4-bit weights are written as shift-and-add (`arith.shift_add_multiply`), so they become LUT
+logic (§4.1); 8-bit weights use one DSP per product. DSP48E2 by construction: 4 per unit
+(P·M 1, Y·A 3), plus `lanes` (or `lanes/2` under 2:4) for W8.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from llmfab.rtl.units.arith import shift_round_saturate
+from llmfab.rtl.units.arith import shift_add_multiply, shift_round_saturate
 from llmfab.rtl.units.pipeline import Lane
 from llmfab.rtl.units.row_unit import tree_reduce, tree_stages
 from llmfab.sim.fixed_point import ACT32, ACT_CODE_MAX
@@ -105,7 +106,8 @@ class MacLanesUnit(wiring.Component):
         pairs = self._pairs(beat)
         s1, flags = lane.carry(flags, **{f"a{k}": a for k, (a, _) in enumerate(pairs)},
                                **{f"w{k}": w for k, (_, w) in enumerate(pairs)})
-        s2, flags = lane.carry(flags, **{f"p{k}": getattr(s1, f"a{k}") * getattr(s1, f"w{k}")
+        multiply = (lambda a, w: a * w) if self.bits == 8 else shift_add_multiply
+        s2, flags = lane.carry(flags, **{f"p{k}": multiply(getattr(s1, f"a{k}"), getattr(s1, f"w{k}"))
                                         for k in range(len(pairs))})
         carried_names = list(flags)
         summed = tree_reduce(lane, [(getattr(s2, f"p{k}"), *flags.values()) if k == 0 else (getattr(s2, f"p{k}"),)

@@ -16,6 +16,7 @@ from llmfab.rtl.units.arith import (
     round_shift,
     round_shift_by,
     saturate,
+    shift_add_multiply,
     shift_round_saturate,
 )
 from llmfab.sim import numerics
@@ -106,3 +107,14 @@ def test_newton_error_terms_fit_the_widths_the_units_give_them():
         y0 = rsqrt_table()[odd * 64 + (u >> 9) - 64]
         error = (1 << 31) - (u << odd) * numerics.round_shift(y0 * y0, 16)
         assert np.all(np.abs(error) < 1 << (rsqrt.ERROR_BITS - 1))
+
+
+def test_shift_add_multiply_matches_products():
+    a, w, u = Signal(signed(8)), Signal(signed(5)), Signal(unsigned(4))
+    rng = np.random.default_rng(82)
+    av = np.concatenate([rng.integers(-128, 128, 200), [-128, 127, 0, -127]])
+    wv = np.resize(np.arange(-16, 16), len(av))
+    uv = np.resize(np.arange(16), len(av))
+    got = _evaluate({"a": a, "w": w, "u": u}, {"p": shift_add_multiply(a, w), "q": shift_add_multiply(a, u)},
+                    {"a": av, "w": wv, "u": uv})
+    assert got["p"] == (av * wv).tolist() and got["q"] == (av * uv).tolist()
