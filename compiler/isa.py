@@ -40,8 +40,8 @@ class Opcode(enum.IntEnum):
     LOAD = 0x01  # 2-D copy HBM -> on-chip buffer
     LOAD_ROWS = 0x02  # gather table rows by token ids HBM -> buffer
     STORE = 0x08  # 2-D copy on-chip buffer -> HBM
-    GEMM = 0x10  # int8 activation codes x packed weight tile (modes: GemmMode)
-    REQUANT = 0x11  # ACT32 -> per-token int8 codes with scale
+    GEMM = 0x10  # int8 (flag A16: int16) activation codes x packed weight tile (modes: GemmMode)
+    REQUANT = 0x11  # ACT32 -> per-token int8 (mode ActWidth.A16: int16) codes with scale
     RMSNORM = 0x12
     ROPE = 0x13
     KV_QUANT = 0x14  # append new keys or values to a cache stream (KV4 or ACT32)
@@ -108,6 +108,18 @@ class GemmMode(enum.IntEnum):
         return bool(self.value & 2)
 
 
+class ActWidth(enum.IntEnum):
+    """Activation code rows REQUANT writes (mode field): A8 int8 codes, or A16 int16 codes for an LM
+    head whose recipe has head_act_bits 16 (docs/numerics.md §3.1). GEMM reads A16 rows with flag A16."""
+
+    A8 = 0
+    A16 = 1
+
+    @property
+    def bits(self) -> int:
+        return 16 if self is ActWidth.A16 else 8
+
+
 class KvMode(enum.IntEnum):
     """Storage of one cache stream (KV_QUANT mode; ATTENTION mode bits 0..1 keys, 2..3 values)."""
 
@@ -123,6 +135,7 @@ class Flag(enum.IntFlag):
     ACC_FIRST = 1  # clear the accumulator before adding this tile's K range
     ACC_LAST = 2  # apply the activation scale and write ACT32 to dst
     HALF_ZERO = 4  # zero points are stored doubled (half-integer zero points)
+    A16 = 8  # src0 holds A16 rows (int16 codes); the MAC takes two passes of the 8-bit lanes
     # MEMORY
     BUF_AT_START = 1  # advance the buffer address by start * buf_stride as well as the HBM address
     RING = 2  # rows are stream positions mapped to Λ cache slots (sinks + ring)

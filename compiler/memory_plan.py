@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmfab.boards.hardware import HardwareConfig
-from llmfab.compiler.isa import Buffer, KvMode
+from llmfab.compiler.isa import ActWidth, Buffer, KvMode
 from llmfab.compiler.kv_layout import KvStreamLayout, LambdaStreamLayout
 from llmfab.compiler.model_plan import LinearSpec, ModelPlan
 from llmfab.compiler.weight_tiles import TileShape, align
@@ -27,6 +27,12 @@ class BufferPlanError(InputError):
 def a8_stride(n: int) -> int:
     """Bytes per A8 row of n codes: 8-byte scale header plus the codes, padded to 8."""
     return A8_HEADER_BYTES + align(n, 8)
+
+
+def act_row_stride(n: int, width: ActWidth) -> int:
+    """Bytes per A8 or A16 row of n codes: the 8-byte scale header plus n int8 or int16 codes,
+    padded to 8 (A16: the LM head's input with head_act_bits 16)."""
+    return A8_HEADER_BYTES + align(n * width.bits // 8, 8)
 
 
 def embed_stride(hidden: int) -> int:
@@ -180,7 +186,8 @@ def act_map(plan: ModelPlan, rows: int, capacity: int) -> BufferMap:
                         ("k", c.kv_dim), ("v", c.kv_dim), ("attn", c.q_dim),
                         ("gate", c.intermediate_size), ("up", c.intermediate_size)):
         m.take(name, 4 * rows * width)
-    for name, width in (("a8_h", c.hidden_size), ("a8_attn", c.q_dim), ("a8_mlp", c.intermediate_size)):
+    m.take("a8_h", rows * act_row_stride(c.hidden_size, plan.head_act_width))  # also the LM head's A16 rows
+    for name, width in (("a8_attn", c.q_dim), ("a8_mlp", c.intermediate_size)):
         m.take(name, rows * a8_stride(width))
     return m
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmfab.compiler.isa import KvMode
+from llmfab.compiler.isa import ActWidth, KvMode
 from llmfab.errors import InputError
 from llmfab.quant.config import ModelConfig
 from llmfab.quant.kv4 import KvGranularity
@@ -55,10 +55,17 @@ class ModelPlan:
     def build(cls, config: ModelConfig, recipe: Recipe, name: str = "") -> "ModelPlan":
         if recipe.act_bits != 8:
             raise InputError(f"recipe {recipe.name} has {recipe.act_bits}-bit activations; the engine's "
-                             "datapath takes int8 activation codes (use a recipe with --act-bits 8)")
+                             "datapath takes int8 activation codes (use a recipe with --act-bits 8; only the "
+                             "LM head may take 16-bit codes, --head-act-bits 16)")
         recipe.check_model(config)
         key_mode, value_mode, block, bits = kv_modes(recipe)
         return cls(name or config.name, config, recipe, key_mode, value_mode, block, bits)
+
+    @property
+    def head_act_width(self) -> ActWidth:
+        """The LM head's input codes: A8, or A16 (int16, docs/numerics.md §3.1) when the recipe's
+        head_act_bits keeps the head's input wide (the w8a8kv8 preset)."""
+        return ActWidth.A8 if self.recipe.head_input_bits == 8 else ActWidth.A16
 
     @property
     def lambda_attention(self) -> bool:

@@ -29,6 +29,7 @@ import numpy as np
 
 from llmfab.boards.hardware import HardwareConfig
 from llmfab.compiler.isa import (
+    ActWidth,
     Buffer,
     Flag,
     GemmMode,
@@ -43,6 +44,7 @@ from llmfab.compiler.memory_plan import (
     MemoryPlan,
     Tile,
     a8_stride,
+    act_row_stride,
     embed_stride,
     norm_bytes,
     plan_memory,
@@ -271,7 +273,7 @@ class RoutineEmitter:
         for layer in range(c.num_layers):
             self.decoder_layer(layer)
         self.rmsnorm("norm.final", "x", "h")
-        self.requant("h", "a8_h", c.hidden_size)
+        self.requant("h", "a8_h", c.hidden_size, self.plan.head_act_width)
         self.lm_head()
         self.add(Instruction(Opcode.END))
         return self.steps
@@ -308,8 +310,8 @@ class RoutineEmitter:
                  writes=[slot])
         self.compute(Opcode.RMSNORM, dst, src, slot, self.plan.config.hidden_size)
 
-    def requant(self, src: str, dst: str, cols: int) -> None:
-        self.compute(Opcode.REQUANT, dst, src, None, cols)
+    def requant(self, src: str, dst: str, cols: int, width: ActWidth = ActWidth.A8) -> None:
+        self.compute(Opcode.REQUANT, dst, src, None, cols, mode=int(width))
 
     def linear(self, spec: LinearSpec, a8: str, dst: str, in_width: int) -> None:
         out = self.act(dst)
@@ -322,6 +324,7 @@ class RoutineEmitter:
         slot = self.region(self.m.wgt, f"tile{self.tile_index % 2}")
         flags = (Flag.ACC_FIRST if tile.first else 0) | (Flag.ACC_LAST if tile.last else 0)
         flags |= Flag.HALF_ZERO if spec.half_zero else 0
+        flags |= Flag.A16 if spec.layer is None and self.plan.head_act_width is ActWidth.A16 else 0
         reads, writes = [a8, slot], [dst]
         if not (tile.first and tile.last):
             acc = self.region(self.m.out, "acc")
@@ -432,11 +435,12 @@ class RoutineEmitter:
     def lm_head(self) -> None:
         c = self.plan.config
         logits = self.hbm.regions["output.logits"]
+        head_row = act_row_stride(c.hidden_size, self.plan.head_act_width)  # A8 or A16 rows
         for tile in self.m.tiles(self.plan.lm_head):
             stage = self.region(self.m.out, f"stage{self.stage_uses % 2}")
             self.stage_uses += 1
             width = tile.n1 - tile.n0
-            self.gemm(tile, self.act("a8_h"), a8_stride(c.hidden_size), stage, 4 * width)
+            self.gemm(tile, self.act("a8_h"), head_row, stage, 4 * width)
             if tile.last:
                 store = self.memory(Opcode.STORE, logits, Buffer.OUT, stage[1], 4 * width, 4 * width,
                                     rows_src=RowSource.TOKENS).replace(hbm_offset=logits.offset + 4 * tile.n0)

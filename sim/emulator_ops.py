@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmfab.compiler.isa import Flag, GemmMode, Instruction, KvMode, Opcode
+from llmfab.compiler.isa import ActWidth, Flag, GemmMode, Instruction, KvMode, Opcode
 from llmfab.compiler.kv_layout import KvStreamLayout
-from llmfab.compiler.memory_plan import A8_HEADER_BYTES, EMBED_HEADER_BYTES, NORM_HEADER_BYTES
+from llmfab.compiler.memory_plan import A8_HEADER_BYTES, EMBED_HEADER_BYTES, NORM_HEADER_BYTES, act_row_stride
 from llmfab.compiler.weight_tiles import TileShape
 from llmfab.sim import emulator_lambda
 from llmfab.sim.emulator_gemm import finish_rows
-_HALF_ZERO, _ACC_FIRST, _ACC_LAST, _LAMBDA, _KV8 = (int(f) for f in (Flag.HALF_ZERO, Flag.ACC_FIRST, Flag.ACC_LAST,
-                                                                    Flag.LAMBDA, Flag.KV8))
-_SPARSE_MODES = {int(m) for m in GemmMode if m.sparse}
-
 from llmfab.sim.numerics import (
     ActCodes,
     AttentionConstants,
@@ -39,6 +35,10 @@ from llmfab.sim.numerics import (
     signed_weights,
     silu,
 )
+
+_HALF_ZERO, _ACC_FIRST, _ACC_LAST, _A16, _LAMBDA, _KV8 = (
+    int(f) for f in (Flag.HALF_ZERO, Flag.ACC_FIRST, Flag.ACC_LAST, Flag.A16, Flag.LAMBDA, Flag.KV8))
+_SPARSE_MODES = {int(m) for m in GemmMode if m.sparse}
 
 
 def embed_rows(emu, inst: Instruction, t: int, p: int) -> int:
@@ -69,26 +69,49 @@ def rms_norm(emu, inst: Instruction, t: int, p: int) -> int:
     return x.size * 4
 
 
+def write_a16(emu, buf: int, addr: int, act: ActCodes) -> None:
+    """A16 rows (docs/isa.md): the A8 scale header, then int16 codes, stride padded to 8 bytes."""
+    rows, n = act.codes.shape
+    view = emu.rows_view(buf, addr, rows, A8_HEADER_BYTES + 2 * n, act_row_stride(n, ActWidth.A16))
+    header = np.stack([act.scale_mantissa, act.scale_exponent], axis=-1).astype("<i4")
+    view[:, :A8_HEADER_BYTES] = header.view(np.uint8).reshape(rows, A8_HEADER_BYTES)
+    view[:, A8_HEADER_BYTES:] = act.codes.astype("<i2").view(np.uint8).reshape(rows, 2 * n)
+
+
+def read_a16(emu, buf: int, addr: int, rows: int, stride: int, k0: int, k: int) -> ActCodes:
+    """Columns ``k0 .. k0+k-1`` of A16 rows with their tokens' steps."""
+    view = emu.rows_view(buf, addr, rows, A8_HEADER_BYTES + 2 * (k0 + k), stride)
+    header = np.ascontiguousarray(view[:, :A8_HEADER_BYTES]).view("<i4").astype(np.int64)
+    codes = np.ascontiguousarray(view[:, A8_HEADER_BYTES + 2 * k0:]).view("<i2").astype(np.int64)
+    return ActCodes(codes, header[:, 0], header[:, 1], 16)
+
+
 def requant(emu, inst: Instruction, t: int, p: int) -> int:
+    width = ActWidth(inst.mode)
     x = emu.read_act32(inst.src0_buf, inst.src0_addr, t, inst.cols)
-    emu.write_a8(inst.dst_buf, inst.dst_addr, requantize_per_token(x))
+    act = requantize_per_token(x, width.bits)
+    if width is ActWidth.A16:
+        write_a16(emu, inst.dst_buf, inst.dst_addr, act)
+    else:
+        emu.write_a8(inst.dst_buf, inst.dst_addr, act)
     return x.size * 4
 
 
 def gemm(emu, inst: Instruction, t: int, p: int) -> int:
-    k0, a8_stride = inst.imm & 0xFFFF, inst.imm >> 16
-    act = emu.read_a8(inst.src0_buf, inst.src0_addr, t, a8_stride, k0, inst.depth)
+    k0, row_stride = inst.imm & 0xFFFF, inst.imm >> 16
+    read_rows = read_a16 if inst.flags & _A16 else type(emu).read_a8
+    act = read_rows(emu, inst.src0_buf, inst.src0_addr, t, row_stride, k0, inst.depth)
     shape = TileShape(inst.cols, inst.depth, inst.aux, inst.sub, inst.mode in _SPARSE_MODES,
                       bool(inst.flags & _HALF_ZERO))
     tile = emu.prepared_tile(inst, shape)
-    rows = tile.row_sums(act.codes)
+    rows = tile.row_sums(act.codes, act.bits)
     if not inst.flags & _ACC_FIRST:
         rows = rows + emu.accumulator(inst, t)
     if inst.flags & _ACC_LAST:
         emu.write_act32(inst.dst_buf, inst.dst_addr, finish_rows(rows, act, tile.row_shift), inst.stride)
     else:
         emu.store_accumulator(inst, rows)
-    return act.codes.size + shape.nbytes
+    return act.codes.size * act.bits // 8 + shape.nbytes
 
 
 def rope(emu, inst: Instruction, t: int, p: int) -> int:

@@ -4,8 +4,9 @@ The torch model's buffers (QuantLinear / QuantEmbedding codes, float16 scales, z
 pattern codes; float norm gains; RoPE frequencies) are the input; everything else is derived by
 the offline conversions of docs/numerics.md (§5.1 scale multipliers, §6.3 norm constants).
 :func:`integer_model_from_artifact` takes the KV cache format and the Λ shape from the artifact's
-recipe. :func:`round_to_nearest_model` makes such a model without calibration, for tests and
-benchmarks.
+recipe, and the LM head's input width too: int8, or int16 codes (A16) when the recipe keeps the
+head's input in float (``head_act_bits`` 16). :func:`round_to_nearest_model` makes such a model
+without calibration, for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from llmfab.quant.recipe import kv4_cache_config
 from llmfab.quant.weight_quant import GroupQuantConfig, ScaleInit, ZeroPoint, quantize_groupwise
 from llmfab.sim.integer_model import IntegerLayer, IntegerModel, KvStoreFormat
 from llmfab.sim.kv_ring import LambdaShape
-from llmfab.sim.linear_ops import IntegerWeight, prepare_weight
+from llmfab.sim.linear_ops import IntegerWeight, code_max, prepare_weight
 from llmfab.sim.vector_ops import prepare_norm
 
 
@@ -49,20 +50,35 @@ def kv_store_format(config) -> KvStoreFormat:
     return KvStoreFormat(config.granularity is KvGranularity.PER_CHANNEL, config.block_tokens, config.bits)
 
 
+def head_act_bits(input_bits: int | None) -> int:
+    """Integer input width of the LM head from its fake-quant per-token bits: 16 (A16) for a head
+    whose input stays float (None), else the bits, which must be 8 or 16."""
+    bits = 16 if input_bits is None else int(input_bits)
+    try:
+        code_max(bits)
+    except ValueError as error:
+        raise InputError(f"the LM head quantizes its input to {bits} bits; the integer model supports "
+                         "8 or 16 (recipe head_act_bits)") from error
+    return bits
+
+
 def integer_model_from_artifact(artifact) -> IntegerModel:
     """The integer model of a loaded artifact (:func:`llmfab.quant.artifact.load_artifact`), with the
-    KV cache format and attention shape (dense, or Λ with S sinks and a W window) of its recipe."""
+    KV cache format, attention shape (dense, or Λ with S sinks and a W window) and LM-head input
+    width (recipe ``head_act_bits``) of its recipe."""
     recipe = artifact.recipe
     shape = LambdaShape(recipe.sinks, recipe.window) if recipe.lambda_attention else None
-    return integer_model_from_torch(artifact.model, kv4_cache_config(recipe), shape)
+    head_bits = head_act_bits(recipe.head_input_bits)
+    return integer_model_from_torch(artifact.model, kv4_cache_config(recipe), shape, head_bits)
 
 
 @torch.no_grad()
 def integer_model_from_torch(model: LlamaModel, kv4: Kv4CacheConfig | None = Kv4CacheConfig(),
-                             lambda_shape: LambdaShape | None = None) -> IntegerModel:
+                             lambda_shape: LambdaShape | None = None, head_bits: int | None = None) -> IntegerModel:
     """Convert a compressed fake-quant ``model``; ``kv4`` (4- or 8-bit codes) None keeps the cache in ACT32;
     ``lambda_shape`` (S sinks, W window) makes attention Λ-shaped, as
-    :func:`llmfab.quant.lambda_attention.enable_lambda_attention` does in torch."""
+    :func:`llmfab.quant.lambda_attention.enable_lambda_attention` does in torch; ``head_bits`` is
+    the LM head's input width, 8 or 16 (None: from the model's head, :func:`head_act_bits`)."""
     config = model.config
     eps = config.rms_norm_eps
     layers = []
@@ -92,6 +108,7 @@ def integer_model_from_torch(model: LlamaModel, kv4: Kv4CacheConfig | None = Kv4
         keys=None if kv4 is None else kv_store_format(kv4.keys),
         values=None if kv4 is None else kv_store_format(kv4.values),
         lambda_shape=lambda_shape,
+        head_act_bits=head_act_bits(model.lm_head.act_bits) if head_bits is None else head_act_bits(head_bits),
     )
 
 
