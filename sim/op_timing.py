@@ -110,7 +110,9 @@ def gemm_cost(inst: Instruction, regs: Registers, config: HardwareConfig) -> OpC
     GEMV modes (decode lanes, L = decode_lanes): `T * ceil(N * K_kept * digits / L)` with
     `digits = ceil(bits / 2)`. GEMM modes (R x C DSP array, tokens on rows, outputs on columns,
     output-stationary, one kept weight per PE per cycle): `ceil(T/R) * ceil(N/C) * K_kept + R + C`.
-    Both add the pipeline fill.
+    Both add the pipeline fill. With flag A16 (the LM head's int16 codes) the GEMV lanes take two
+    passes, one per code byte (docs/numerics.md §4.3); a PE of the DSP array takes the 16-bit code
+    on its 18-bit port in one.
     """
     _, tokens = row_range(inst, regs)
     mode = GemmMode(inst.mode)
@@ -118,7 +120,8 @@ def gemm_cost(inst: Instruction, regs: Registers, config: HardwareConfig) -> OpC
     macs = tokens * inst.cols * kept
     if mode in (GemmMode.GEMV, GemmMode.GEMV_SPARSE):
         digits = math.ceil(max(inst.sub, 1) / DECODE_LANE_DIGIT_BITS)
-        cycles = tokens * math.ceil(inst.cols * kept * digits / config.engine.decode_lanes)
+        passes = 2 if inst.flags & Flag.A16 else 1
+        cycles = tokens * math.ceil(passes * inst.cols * kept * digits / config.engine.decode_lanes)
         datapath = Mode.DECODE
     else:
         e = config.engine
