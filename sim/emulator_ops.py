@@ -99,8 +99,10 @@ def requant(emu, inst: Instruction, t: int, p: int) -> int:
 
 def gemm(emu, inst: Instruction, t: int, p: int) -> int:
     k0, row_stride = inst.imm & 0xFFFF, inst.imm >> 16
-    read_rows = read_a16 if inst.flags & _A16 else type(emu).read_a8
-    act = read_rows(emu, inst.src0_buf, inst.src0_addr, t, row_stride, k0, inst.depth)
+    if inst.flags & _A16:
+        act = read_a16(emu, inst.src0_buf, inst.src0_addr, t, row_stride, k0, inst.depth)
+    else:
+        act = emu.read_a8(inst.src0_buf, inst.src0_addr, t, row_stride, k0, inst.depth)
     shape = TileShape(inst.cols, inst.depth, inst.aux, inst.sub, inst.mode in _SPARSE_MODES,
                       bool(inst.flags & _HALF_ZERO))
     tile = emu.prepared_tile(inst, shape)
