@@ -1,6 +1,6 @@
 """On-chip buffer maps and weight tiling: where every tensor of a routine sits in the WGT, ACT, KV
 and OUT buffers, how big the prefill chunk C can be, and how each linear is cut into tiles that
-fit half the weight buffer (the other half is loading the next tile).
+fit a fraction of the weight buffer's tile ring (the rest holds the tiles loaded ahead).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ NORM_HEADER_BYTES = 24
 EMBED_HEADER_BYTES = 8
 A8_HEADER_BYTES = 8
 MAX_ROWS = (1 << 16) - 1  # 16-bit row fields
+# The largest weight tile is 1/TILES_IN_FLIGHT of the weight buffer's tile ring (compiler/weight_ring.py),
+# so the LOAD unit can be that many tiles ahead of the GEMMs (through attention, norms, requantization).
+TILES_IN_FLIGHT = 4
 
 
 class BufferPlanError(InputError):
@@ -123,8 +126,9 @@ def tile_linear(spec: LinearSpec, slot_bytes: int, max_rows_out: int) -> Tiling:
         groups = k_tile // g
         if groups <= 1:
             raise BufferPlanError(
-                f"{spec.label}: one row of one group ({g} inputs) needs {nbytes(1, g):,} bytes, more than half "
-                f"the weight buffer ({slot_bytes:,} bytes); use an engine with a larger weight buffer")
+                f"{spec.label}: one row of one group ({g} inputs) needs {nbytes(1, g):,} bytes, more than the "
+                f"largest weight tile ({slot_bytes:,} bytes, 1/{TILES_IN_FLIGHT} of the weight buffer's tile ring); "
+                "use an engine with a larger weight buffer")
         k_tile = (groups // 2 + groups % 2) * g if groups > 2 else g
     n_max = min(spec.out_features, max_rows_out, MAX_ROWS)
     lo, hi = 1, n_max
@@ -271,11 +275,11 @@ def _try_plan(plan: ModelPlan, hardware: HardwareConfig, chunk: int, capacity: i
         wgt.take(f"norm{slot}", norm_bytes(c.hidden_size))
     rope_rows = plan.recipe.sinks + plan.recipe.window if plan.lambda_attention else chunk
     wgt.take("rope", rope_rows * 4 * c.head_dim)
-    slot_bytes = (e.weight_buffer_bytes - wgt.used) // 2 // 64 * 64
+    ring_bytes = (e.weight_buffer_bytes - wgt.used) // 64 * 64
+    slot_bytes = ring_bytes // TILES_IN_FLIGHT // 64 * 64
     if slot_bytes <= 0:
         return None
-    wgt.take("tile0", slot_bytes)
-    wgt.take("tile1", slot_bytes)
+    wgt.take("tiles", ring_bytes)
     stage_bytes = e.output_buffer_bytes // 2 // 64 * 64
     if stage_bytes < 4 * chunk:
         return None

@@ -16,8 +16,10 @@ Each op of the lowered cascade (docs/ir.md, "Lowering") maps to one engine instr
 | residual add | ADD | special-function unit |
 | LM head | GEMM per tile, STORE | as the linears |
 
-Weight tiles are double-buffered in the weight buffer: the LOAD of tile i+2 follows the GEMM of
-tile i, so it overlaps the GEMM of tile i+1; tokens (compiler/tokens.py) enforce the waits.
+Weight tiles stream through a ring in the weight buffer (compiler/weight_ring.py): after each GEMM
+the LOADs of the following tiles are emitted as far as the freed space allows, so the LOAD unit
+runs several tiles ahead (also through attention, norms and requantization); tokens
+(compiler/tokens.py) enforce the waits.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from llmfab.compiler.memory_plan import (
 from llmfab.compiler.model_plan import LinearSpec, ModelPlan, WeightSource
 from llmfab.compiler.placement import HbmPlacement, Region
 from llmfab.compiler.tokens import Step, assign_tokens
+from llmfab.compiler.weight_ring import WeightRing
 from llmfab.compiler.weight_tiles import pack_tile
 
 ROUTINES = ("prefill", "decode")
@@ -214,6 +217,9 @@ class RoutineEmitter:
         self.tiles: list[Tile] = []
         self.loaded = 0  # tiles whose LOAD is emitted
         self.tile_index = 0  # tiles whose GEMM is emitted
+        ring = self.region(memory.wgt, "tiles")
+        self.ring = WeightRing(ring[1], ring[2] - ring[1])
+        self.tile_addr: list[int] = []  # buffer address of each loaded tile
         self.norm_uses = 0
         self.stage_uses = 0
 
@@ -244,16 +250,19 @@ class RoutineEmitter:
                            sub=region.ports if striped else 0, buf=buf, buf_addr=buf_addr, buf_stride=buf_stride,
                            row_bytes=row_bytes, flags=int(flags), **fields)
 
-    def load_tile(self) -> None:
-        if self.loaded >= len(self.tiles):
-            return
-        tile = self.tiles[self.loaded]
-        slot = self.region(self.m.wgt, f"tile{self.loaded % 2}")
-        region = self.hbm.regions[tile_region_name(tile)]
-        inst = self.memory(Opcode.LOAD, region, Buffer.WGT, slot[1], region.row_bytes, region.row_bytes,
-                           rows=region.rows)
-        self.add(inst, writes=[slot])
-        self.loaded += 1
+    def load_tiles(self) -> None:
+        """Emit the LOADs of the next tiles, as many as the weight ring has free space for."""
+        while self.loaded < len(self.tiles):
+            region = self.hbm.regions[tile_region_name(self.tiles[self.loaded])]
+            nbytes = region.rows * region.row_bytes  # the LOAD's footprint: chunks padded to 64 bytes
+            addr = self.ring.place(nbytes)
+            if addr is None:
+                return
+            inst = self.memory(Opcode.LOAD, region, Buffer.WGT, addr, region.row_bytes, region.row_bytes,
+                               rows=region.rows)
+            self.add(inst, writes=[(Buffer.WGT, addr, addr + nbytes)])
+            self.tile_addr.append(addr)
+            self.loaded += 1
 
     def emit(self) -> list[Step]:
         c = self.plan.config
@@ -261,8 +270,7 @@ class RoutineEmitter:
             for spec in self.plan.layer_linears(layer):
                 self.tiles.extend(self.m.tiles(spec))
         self.tiles.extend(self.m.tiles(self.plan.lm_head))
-        self.load_tile()
-        self.load_tile()
+        self.load_tiles()
         self.embedding()
         rope = self.region(self.m.wgt, "rope")
         region = self.hbm.regions["rope"]
@@ -321,7 +329,8 @@ class RoutineEmitter:
 
     def gemm(self, tile: Tile, a8: tuple, a8_row: int, dst: tuple, dst_stride: int) -> None:
         spec = tile.spec
-        slot = self.region(self.m.wgt, f"tile{self.tile_index % 2}")
+        addr = self.tile_addr[self.tile_index]
+        slot = (Buffer.WGT, addr, addr + tile.shape.nbytes)
         flags = (Flag.ACC_FIRST if tile.first else 0) | (Flag.ACC_LAST if tile.last else 0)
         flags |= Flag.HALF_ZERO if spec.half_zero else 0
         flags |= Flag.A16 if spec.layer is None and self.plan.head_act_width is ActWidth.A16 else 0
@@ -337,7 +346,8 @@ class RoutineEmitter:
                            aux=spec.group_size, rows_src=RowSource.TOKENS)
         self.add(inst, reads=reads, writes=writes)
         self.tile_index += 1
-        self.load_tile()
+        self.ring.release()
+        self.load_tiles()
 
     def decoder_layer(self, layer: int) -> None:
         c = self.plan.config

@@ -5,7 +5,8 @@ reads and writes. Here every wait between units is found (read after write, writ
 write after write, against the latest conflicting instruction of each other unit) and turned
 into POP/PUSH bits: the producer pushes, the waiter pops — unless an earlier pop of the waiter's
 in-order unit already waited for the producer or a later instruction of its unit. LOAD <-> STORE
-waits go through the first COMPUTE instruction between them.
+waits go through a COMPUTE instruction between them: the latest one an earlier instruction of the
+waiting unit already waits for, else the first after the producer.
 """
 
 from __future__ import annotations
@@ -72,6 +73,23 @@ def hazards(steps: list[Step]) -> list[tuple[int, int]]:
     return edges
 
 
+def _compute_waits(edges: list[tuple[int, int]], units: list[Unit]) -> list[int]:
+    """Per instruction of LOAD or STORE: the latest COMPUTE instruction that an earlier instruction of
+    its unit waits for directly (-1 if none). A LOAD <-> STORE wait is relayed through that COMPUTE
+    instruction when it comes after the producer: the waiting unit is held up by it anyway, and the
+    COMPUTE unit is not made to wait for the transfer any earlier than that."""
+    direct = [-1] * len(units)
+    for producer, consumer in edges:
+        if units[producer] is Unit.COMPUTE and units[consumer] is not Unit.COMPUTE:
+            direct[consumer] = max(direct[consumer], producer)
+    waited, latest = [-1] * len(units), {Unit.LOAD: -1, Unit.STORE: -1}
+    for index, unit in enumerate(units):
+        if unit in latest:
+            waited[index] = latest[unit]
+            latest[unit] = max(latest[unit], direct[index])
+    return waited
+
+
 def assign_tokens(steps: list[Step]) -> list[Instruction]:
     """The instructions of ``steps`` with POP/PUSH bits that enforce every hazard.
 
@@ -88,11 +106,14 @@ def assign_tokens(steps: list[Step]) -> list[Instruction]:
         key = (consumer, units[producer])
         needs[key] = max(needs.get(key, -1), producer)
 
-    for producer, consumer in hazards(steps):
+    edges = hazards(steps)
+    waited = _compute_waits(edges, units)
+    for producer, consumer in edges:
         if (units[producer], units[consumer]) in NEIGHBOURS:
             need(producer, consumer)
             continue
-        relay = next((c for c in range(producer + 1, consumer) if units[c] is Unit.COMPUTE), None)
+        relay = waited[consumer] if waited[consumer] > producer else next(
+            (c for c in range(producer + 1, consumer) if units[c] is Unit.COMPUTE), None)
         if relay is None:
             raise SchedulingError(f"instruction {consumer} ({steps[consumer].inst.opcode.name}) waits for "
                                   f"{producer} ({steps[producer].inst.opcode.name}) with no COMPUTE instruction "

@@ -105,9 +105,11 @@ def test_retarget_keeps_the_program_only_for_the_same_buffers(dense, hardware):
         dense.retarget(bigger)
 
 
-def test_unbounded_weight_prefetch_keeps_tokens_balanced_and_never_slows(lam):
+def test_unbounded_weight_prefetch_keeps_tokens_balanced_and_never_slows(hardware):
     from llmfab.sim.cycle_whatif import unbounded_weight_prefetch
 
+    # 8 layers: more weights than the 256 KiB weight ring holds, so tile LOADs wait for free space
+    lam = program_from_model(tiny(8), Recipe.from_preset("accllm", window=64), hardware)
     free = unbounded_weight_prefetch(lam)
     for unit_flag in ("pop_next", "push_prev"):
         assert sum(getattr(i, unit_flag) for i in free.instructions) < sum(getattr(i, unit_flag) for i in lam.instructions)
