@@ -10,6 +10,7 @@ regions (norm records, the token-id input) go to the least-filled pseudo-channel
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,6 +100,14 @@ class HbmPlacement:
         chunks = min(self.ports, max(1, -(-nbytes // 64)))
         chunk = align(-(-nbytes // chunks))
         return self.striped(name, kind, chunks, chunk, chunk)
+
+    def split(self, name: str, kind: str, nbytes: int) -> Region:
+        """A blob of ``nbytes`` (a multiple of 64) cut into equal chunks, one per port on as many ports
+        as divide it exactly (so a transfer of all chunks moves exactly ``nbytes``), striped."""
+        if nbytes % 64:
+            raise ValueError(f"region {name}: {nbytes} bytes is not a multiple of 64")
+        chunks = math.gcd(self.ports, nbytes // 64)
+        return self.striped(name, kind, chunks, nbytes // chunks, nbytes // chunks)
 
     def write(self, region: Region, data: bytes | np.ndarray, row: int | None = None) -> None:
         """Write ``data`` into ``region``: all rows at once (bytes cut into rows of ``row_bytes``,

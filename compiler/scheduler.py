@@ -55,7 +55,7 @@ from llmfab.compiler.model_plan import LinearSpec, ModelPlan, WeightSource
 from llmfab.compiler.placement import HbmPlacement, Region
 from llmfab.compiler.tokens import Step, assign_tokens
 from llmfab.compiler.weight_ring import WeightRing
-from llmfab.compiler.weight_tiles import pack_tile
+from llmfab.compiler.weight_tiles import align, pack_tile
 
 ROUTINES = ("prefill", "decode")
 
@@ -149,7 +149,11 @@ def _place_runtime(plan: ModelPlan, memory: MemoryPlan, placement: HbmPlacement)
                 placement.chunked(kv_region_name(layer, stream, "all"), "kv", lay.nbytes)
                 continue
             for section, rows, row_bytes in kv_sections(lay):
-                placement.striped(kv_region_name(layer, stream, section), "kv", rows, row_bytes)
+                name = kv_region_name(layer, stream, section)
+                if section == "staging":  # one block moved whole: split over the ports, not one row in one
+                    placement.split(name, "kv", align(row_bytes))
+                else:
+                    placement.striped(name, "kv", rows, row_bytes)
     placement.striped("output.logits", "output", memory.chunk, 4 * c.vocab_size)
 
 
@@ -397,7 +401,8 @@ class RoutineEmitter:
                 region = self.hbm.regions[kv_region_name(layer, stream, section)]
                 addr = base[1] + offsets[section]
                 if section == "staging":
-                    fields = dict(rows=1)
+                    fields = dict(rows=region.rows)
+                    row_bytes = region.row_bytes
                 elif opcode is Opcode.LOAD:
                     fields = dict(rows_src=RowSource.HISTORY, block_shift=shift, flags=Flag.BUF_AT_START)
                 else:

@@ -151,3 +151,20 @@ def test_lambda_cache_too_big_for_the_kv_buffer_names_the_kv_buffer():
     with pytest.raises(BufferPlanError, match=r"Λ KV cache .* does not fit the KV buffer \(4,194,304 bytes\)") as err:
         compile_model(plan, HardwareConfig.from_preset("u280-default"), None)
     assert "activation" not in str(err.value)
+
+
+def test_per_channel_key_staging_block_is_striped_over_the_ports(llama7b_plan):
+    """Dense per-channel keys: the unfinished block (512 KiB per layer for Llama-2-7B) is moved by
+    one LOAD and one STORE over all ports, exactly its bytes, not as one row in one pseudo-channel."""
+    from llmfab.compiler.isa import KvMode
+
+    assert llama7b_plan.key_mode is KvMode.KV4_CHANNEL
+    compiled = compile_model(llama7b_plan, HardwareConfig.from_preset("u280-default"), None)
+    region = compiled.placement.regions["kv.0.keys.staging"]
+    staging = compiled.memory.keys.staging_bytes
+    assert region.ports == 32 and region.rows * region.row_bytes == staging
+    decode = compiled.instructions[compiled.entries["decode"]["entry"]:][:compiled.entries["decode"]["count"]]
+    moves = [i for i in decode if i.opcode in (Opcode.LOAD, Opcode.STORE) and i.pc == region.pc
+             and i.hbm_offset == region.offset]
+    assert sorted(i.opcode.name for i in moves) == ["LOAD", "STORE"]
+    assert all(i.rows == 32 and i.sub == 32 and i.row_bytes * i.rows == staging for i in moves)
