@@ -162,7 +162,7 @@ def test_cli_compile_emits_one_layer(lambda_artifact, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    ([], "scheduler stage, which is not built yet"),
+    ([], "say where to write the program with -o PROGRAM"),
     (["--emit-ir", "--layer", "7"], "--layer 7 does not exist"),
     (["--emit-ir", "--tokens", "0", "--phase", "prefill"], "--tokens 0"),
 ])
