@@ -1,0 +1,1 @@
+"""The compute engine in Amaranth: instruction issue, buffers, DMA and the opcode sequencers."""

@@ -1,0 +1,11 @@
+"""Engine geometries the RTL tests are built at (small, so simulator builds stay short)."""
+
+from __future__ import annotations
+
+from llmfab.compiler.isa import Buffer
+from llmfab.rtl.engine.buffers import BufferGeometry
+from llmfab.rtl.engine.geometry import EngineGeometry
+
+# 8-byte words (2 ACT32 lanes), a few KiB per buffer
+TINY = EngineGeometry(BufferGeometry(8, {Buffer.WGT: 512, Buffer.ACT: 512, Buffer.KV: 256, Buffer.OUT: 128}),
+                      sfu_lanes=2, hbm_ports=2, axi_data_width=64, axi_burst_len=16)
