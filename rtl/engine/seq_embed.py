@@ -10,13 +10,15 @@ Dataflow: `read[1]` fetches each row's 8-byte header (one packed chunk per row),
 codes, `sfu_lanes` (L) codes per chunk; `EmbedUnit` (L lanes, 3 stages) dequantizes one chunk
 per cycle with the row's header beside it; one ByteWriter command covers the whole dst.
 
-Cycles from `start` to `done` (no back-pressure, which these ports never give), word-aligned
-dst: `rows · (ceil(cols / L) + 1) + EmbedUnit.LATENCY + 6` (`cycles`). The `+ 1` per row is the
-codes reader's packer closing one row's transfer before it takes the next; the 6 are the check
-cycle (which starts the command generators), the command cycle, the port read, the reader's FIFO
-and packer, the writer's packer and the done cycle. Rows whose codes fit one buffer word can take
-one cycle more (a reader takes a command every other cycle). `rows = 0` or `cols = 0`: done in
-the check cycle, nothing accessed.
+Cycles from `start` to `done` with dst word-aligned: `rows · (ceil(cols / L) + 1) +
+EmbedUnit.LATENCY + 6` (`cycles`). The first chunk enters the unit in cycle 6 after start
+(check, command, port read, the codes reader's FIFO and packer); a row's chunks follow one per
+cycle, with one cycle between rows (the reader's packer closes a row's transfer before it takes
+the next), so the last enters in cycle `6 + rows · (ceil(cols / L) + 1) − 2`; its result leaves
+the unit LATENCY cycles later and `done` comes 2 cycles after that (the writer's packer writes
+the final word). Rows whose codes fit one buffer word can take a cycle more (a reader takes a
+command every other cycle). `rows = 0` or `cols = 0`: done in the check cycle (cycle 1),
+nothing accessed.
 
 `error` (with `done`, before any access) when dst overlaps the source rows, or a region runs
 past the 28-bit byte addresses or dst past a 24-bit transfer. Other flags are ignored, as the
@@ -39,7 +41,7 @@ from .geometry import ACT32_BYTES
 from .seq_support import Region, beyond_addresses, lane_values, overlaps, row_commands, side_channel, too_long
 from .sequencer import ROWS_BITS, Sequencer
 
-FIXED_CYCLES = 6
+FIXED_CYCLES = 6  # cycles before the first chunk enters the unit, see the docstring
 # |w · M| < 2^32, so rshr by 34 or more gives 0 and a left shift of 32 or more saturates any
 # nonzero value: the shift is clamped to +-SHIFT_LIMIT before the barrel shifters.
 SHIFT_LIMIT = 40
