@@ -29,6 +29,11 @@ TransferCommand = data.StructLayout({"addr": AXI_ADDR_WIDTH, "beats": BEATS_WIDT
 BurstRequest = data.StructLayout({"addr": AXI_ADDR_WIDTH, "len": 8})
 
 
+def write_beat_layout(data_width: int) -> data.StructLayout:
+    """A write beat with its byte strobes (`AxiMaster(write_strobes=True)`)."""
+    return data.StructLayout({"data": data_width, "strb": data_width // 8})
+
+
 def plan_bursts(addr: int, beats: int, beat_bytes: int, max_burst_beats: int) -> list[tuple[int, int]]:
     """The (address, beats) bursts `BurstSplitter` issues for a transfer: the reference model
     for tests and for counting bursts in the cycle model."""
@@ -102,20 +107,24 @@ class AxiMaster(wiring.Component):
     streams), `read_data` (stream of beats read, in address order), `write_data` (stream of
     beats to write, consumed in address order), `read_idle`, `write_idle`, `error`, `clear_error`.
     `max_outstanding_writes` bounds the issued-but-unwritten bursts (the WLAST queue depth).
+    With `write_strobes`, `write_data` carries `WriteBeat`s (data and WSTRB) instead of bare data.
     """
 
-    def __init__(self, data_width: int, max_burst_beats: int, max_outstanding_writes: int = 8):
+    def __init__(self, data_width: int, max_burst_beats: int, max_outstanding_writes: int = 8,
+                 write_strobes: bool = False):
         self.axi_signature = AXI4Signature(data_width)
         _check_burst(max_burst_beats, self.axi_signature.beat_bytes)
         self.data_width = data_width
         self.max_burst_beats = max_burst_beats
         self.max_outstanding_writes = max_outstanding_writes
+        self.write_strobes = write_strobes
+        beat = write_beat_layout(data_width) if write_strobes else data_width
         super().__init__({
             "axi": Out(self.axi_signature),
             "read_cmd": In(stream.Signature(TransferCommand)),
             "read_data": Out(stream.Signature(data_width)),
             "write_cmd": In(stream.Signature(TransferCommand)),
-            "write_data": In(stream.Signature(data_width)),
+            "write_data": In(stream.Signature(beat)),
             "read_idle": Out(1), "write_idle": Out(1),
             "error": Out(1), "clear_error": In(1),
         })
@@ -172,8 +181,8 @@ class AxiMaster(wiring.Component):
         m.d.comb += [
             last.eq(beat == lengths.r_data),
             axi.wvalid.eq(self.write_data.valid & lengths.r_rdy),
-            axi.wdata.eq(self.write_data.payload),
-            axi.wstrb.eq((1 << beat_bytes) - 1),
+            axi.wdata.eq(self.write_data.payload.data if self.write_strobes else self.write_data.payload),
+            axi.wstrb.eq(self.write_data.payload.strb if self.write_strobes else (1 << beat_bytes) - 1),
             axi.wlast.eq(last),
             self.write_data.ready.eq(axi.wready & lengths.r_rdy),
             lengths.r_en.eq(w_fire & last),

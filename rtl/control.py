@@ -9,6 +9,7 @@ Register map (byte offsets, 32-bit registers), as XRT drives an `ap_ctrl_hs` ker
 | 0x08 | IER | 0 interrupt on ap_done, 1 interrupt on ap_ready |
 | 0x0C | ISR | same bits; set by the event when enabled in IER, writing 1 toggles a bit |
 | 0x10.. | arguments | 64-bit buffer pointers (low word first, 8-byte aligned) and 32-bit scalars, in declaration order |
+| after the arguments | status | read-only 32-bit registers driven by the core (`RegisterMap.status`; writes are ignored) |
 
 `RegisterMap` is the one place the argument offsets are computed; the packaging (`kernel.xml`)
 reads them from it. The core side is the `ap_ctrl_hs` block handshake: `ap_start` is held
@@ -68,14 +69,27 @@ class KernelArgument:
 
 
 @dataclass(frozen=True)
+class StatusRegister:
+    """A read-only 32-bit register the core drives (run status, counters), after the arguments."""
+
+    name: str
+    offset: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class RegisterMap:
-    """The kernel arguments with their offsets (from 0x10, naturally aligned, in order)."""
+    """The kernel arguments with their offsets (from 0x10, naturally aligned, in order), then the
+    read-only status registers."""
 
     arguments: tuple[KernelArgument, ...]
+    status: tuple[StatusRegister, ...] = ()
 
     @classmethod
-    def build(cls, pointers: Sequence[tuple[str, str]], scalars: Sequence[str]) -> RegisterMap:
-        """pointers: (argument name, master bundle) pairs; scalars: argument names."""
+    def build(cls, pointers: Sequence[tuple[str, str]], scalars: Sequence[str],
+              status: Sequence[tuple[str, str]] = ()) -> RegisterMap:
+        """pointers: (argument name, master bundle) pairs; scalars: argument names; status:
+        (register name, description) pairs of read-only registers."""
         args, offset = [], ARGS_OFFSET
         for name, master in pointers:
             offset = (offset + 7) // 8 * 8
@@ -84,7 +98,11 @@ class RegisterMap:
         for name in scalars:
             args.append(KernelArgument(name, ArgumentKind.SCALAR, offset))
             offset += 4
-        names = [a.name for a in args]
+        registers = []
+        for name, description in status:
+            registers.append(StatusRegister(name, offset, description))
+            offset += 4
+        names = [a.name for a in args] + [r.name for r in registers]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"kernel arguments must have distinct names; repeated: {duplicates}.")
@@ -94,12 +112,18 @@ class RegisterMap:
         if offset > 1 << CONTROL_ADDR_WIDTH:
             raise ValueError(f"{len(args)} arguments need {offset} bytes of registers, more than the "
                              f"{1 << CONTROL_ADDR_WIDTH}-byte control window.")
-        return cls(tuple(args))
+        return cls(tuple(args), tuple(registers))
 
     def __getitem__(self, name: str) -> KernelArgument:
         for arg in self.arguments:
             if arg.name == name:
                 return arg
+        raise KeyError(name)
+
+    def status_register(self, name: str) -> StatusRegister:
+        for reg in self.status:
+            if reg.name == name:
+                return reg
         raise KeyError(name)
 
     @property
@@ -111,24 +135,32 @@ class RegisterMap:
         """The argument values as the control slave outputs them."""
         return wiring.Signature({a.name: Out(a.width) for a in self.arguments})
 
+    def status_signature(self) -> wiring.Signature:
+        """The status values as the control slave takes them from the core."""
+        return wiring.Signature({r.name: Out(32) for r in self.status})
+
 
 class ControlSlave(wiring.Component):
     """AXI4-Lite slave with the `ap_ctrl_hs` registers and the kernel arguments.
 
     Ports: `s_axi_control` (AXI4-Lite, 12-bit addresses), `ap_start` (to the core, level),
     `ap_done`/`ap_ready` (from the core, one-cycle pulses), `ap_idle` (from the core, level),
-    `interrupt` (to the platform, level), `args` (one output per argument).
+    `interrupt` (to the platform, level), `args` (one output per argument), and, when the map has
+    status registers, `status` (one input per register, read back by the host).
     A write takes the address and data together; reads return OKAY and 0 for unmapped offsets.
     """
 
     def __init__(self, register_map: RegisterMap):
         self.register_map = register_map
-        super().__init__({
+        members = {
             "s_axi_control": In(AXI4LiteSignature(CONTROL_ADDR_WIDTH)),
             "ap_start": Out(1), "ap_done": In(1), "ap_idle": In(1), "ap_ready": In(1),
             "interrupt": Out(1),
             "args": Out(register_map.signature()),
-        })
+        }
+        if register_map.status:
+            members["status"] = In(register_map.status_signature())
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -196,6 +228,8 @@ class ControlSlave(wiring.Component):
                 for b in range(4):
                     with m.If(written(arg.offset + 4 * w) & bus.wstrb[b]):
                         m.d.sync += value.word_select(4 * w + b, 8).eq(bus.wdata.word_select(b, 8))
+        for reg in self.register_map.status:
+            read_words[reg.offset // 4] = getattr(self.status, reg.name)
         with m.If(read):
             with m.Switch(bus.araddr[2:]):
                 for index, value in read_words.items():
