@@ -136,6 +136,13 @@ PRESETS: dict[str, tuple[str, EngineParams]] = {
     # the weight stream, an 8 MiB KV buffer for one layer's Λ cache region (6.5 MB), 2 MiB of
     # activations for 9-token prefill chunks.
     "u280-accllm": ("u280", _engine(225, 32, 64, 64, 8192, 64, 4096, 2048, 8192, 256, weight_bits=2.0)),
+    # The engine the RTL's whole-engine tests simulate (docs/rtl.md): every mode and unit of the
+    # full engine at a size a cocotb run of a tiny model finishes in minutes (2 ports x 64 bits,
+    # 8-byte buffer words, 2 SFU lanes, 8 decode lanes, a 2 x 2 prefill array).
+    "u280-rtl-tiny": ("u280", EngineParams(
+        clock_mhz=225, decode_lanes=8, decode_weight_bits=2.0, prefill_rows=2, prefill_cols=2, attention_lanes=4,
+        sfu_lanes=2, weight_buffer_bytes=16 * 1024, activation_buffer_bytes=8 * 1024, kv_buffer_bytes=8 * 1024,
+        output_buffer_bytes=4 * 1024, hbm_ports=2, axi_data_width_bits=64, axi_burst_len=16)),
 }
 
 
