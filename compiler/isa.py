@@ -93,6 +93,16 @@ class StartSource(enum.IntEnum):
 
     ZERO = 0
     HISTORY = 1  # P
+    WINDOW = 2  # max(P - W + 1, 0): the oldest window token the run's first query sees (Λ)
+
+
+class RingPart(enum.IntEnum):
+    """Which stream positions a RING transfer addresses (MEMORY field ``ring_part``): slot 0 of the
+    transfer's ring is stream position ``base``, and positions at or past ``limit`` are not in it."""
+
+    ALL = 0  # base 0, no limit
+    SINKS = 1  # base 0, limit S: the sink tokens
+    WINDOW = 2  # base S, no limit: the window tokens after the sinks
 
 
 class GemmMode(enum.IntEnum):
@@ -138,7 +148,7 @@ class Flag(enum.IntFlag):
     A16 = 8  # src0 holds A16 rows (int16 codes); the MAC takes two passes of the 8-bit lanes
     # MEMORY
     BUF_AT_START = 1  # advance the buffer address by start * buf_stride as well as the HBM address
-    RING = 2  # rows are stream positions mapped to Λ cache slots (sinks + ring)
+    RING = 2  # row bounds are stream positions mapped to the slots of a ring of `rows` slots (ring_runs)
     STRIPED = 4  # row r lives in pseudo-channel pc + r mod sub, at hbm_offset + (r div sub) * hbm_stride
     # ATTENTION / KV_QUANT
     LAMBDA = 1  # Λ cache: sinks + ring slots, Λ visibility, keys rotated by slot
@@ -183,6 +193,9 @@ MEMORY = HEADER + (
     Field("start_src", 228, 2),
     Field("block_shift", 230, 4),
     Field("end_ceil", 234, 1),
+    Field("ring_part", 235, 2),
+    Field("align_shift", 237, 4),
+    Field("split_shift", 241, 4),
 )
 COMPUTE = HEADER + (
     Field("dst_buf", 32, 4),
@@ -235,6 +248,9 @@ class Instruction:
     start_src: int = 0
     block_shift: int = 0
     end_ceil: int = 0
+    ring_part: int = 0
+    align_shift: int = 0
+    split_shift: int = 0
     # COMPUTE
     dst_buf: int = 0
     dst_addr: int = 0
@@ -276,6 +292,7 @@ class Instruction:
                                f"{f.width} bits (bits {f.lsb}..{f.msb})")
             word |= value << f.lsb
         check_tokens(self, address=None)
+        check_ring(self, address=None)
         return word.to_bytes(WORD_BYTES, "little")
 
 
@@ -290,6 +307,37 @@ def check_tokens(inst: Instruction, address: int | None) -> None:
     if unit is Unit.STORE and (inst.pop_next or inst.push_next):
         raise IsaError(f"{where}STORE runs on the STORE unit, which has no next unit; "
                        "pop_next/push_next must be 0")
+
+
+_RING_FIELDS = ("ring_part", "align_shift", "split_shift")
+
+
+def check_ring(inst: Instruction, address: int | None) -> None:
+    """IsaError unless the ring fields are consistent: ``ring_part``, ``align_shift`` and
+    ``split_shift`` only with flag RING, and a RING transfer is a LOAD or STORE whose end comes from
+    a register (``rows`` holds the ring's slot count), with BUF_AT_START (the buffer mirrors the
+    ring) and a defined ``ring_part``."""
+    if not is_memory(inst.opcode):
+        return
+    where = "" if address is None else f"instruction {address} "
+    name = Opcode(inst.opcode).name
+    if not inst.flags & Flag.RING:
+        used = [f for f in _RING_FIELDS if getattr(inst, f)]
+        if used:
+            raise IsaError(f"{where}({name}): field(s) {', '.join(used)} are only defined with flag RING")
+        return
+    problems = []
+    if inst.opcode == Opcode.LOAD_ROWS:
+        problems.append("LOAD_ROWS gathers by token id and cannot address a ring")
+    if inst.rows_src == RowSource.IMM:
+        problems.append("its end must come from a register (rows_src TOKENS, HISTORY or CONTEXT; rows holds the "
+                        "ring's slot count)")
+    if not inst.flags & Flag.BUF_AT_START:
+        problems.append("flag BUF_AT_START must be set (the buffer mirrors the ring)")
+    if inst.ring_part > max(RingPart):
+        problems.append(f"ring_part {inst.ring_part} does not exist (0..{int(max(RingPart))})")
+    if problems:
+        raise IsaError(f"{where}({name}) with flag RING: " + "; ".join(problems))
 
 
 def decode(word: bytes, address: int = 0) -> Instruction:
@@ -318,6 +366,7 @@ def decode(word: bytes, address: int = 0) -> Instruction:
     if inst.rows_src > max(RowSource) or inst.start_src > max(StartSource):
         raise IsaError(f"instruction {address} ({opcode.name}): row source {inst.rows_src} / start source "
                        f"{inst.start_src} does not exist; the word is corrupt")
+    check_ring(inst, address)
     return inst
 
 
@@ -358,6 +407,16 @@ class Registers:
             return self.position + self.n_tokens
         raise IsaError(f"row source {source} does not exist (0..3)")
 
+    def start(self, source: StartSource) -> int:
+        """The first row ``source`` names: 0, P, or max(P - W + 1, 0) (the window's oldest token)."""
+        if source == 0:  # ZERO
+            return 0
+        if source == 1:  # HISTORY
+            return self.position
+        if source == 2:  # WINDOW
+            return max(self.position - self.window + 1, 0)
+        raise IsaError(f"start source {source} does not exist (0..2)")
+
 
 def hbm_row(inst: Instruction, row: int) -> tuple[int, int]:
     """(pseudo-channel, byte offset) of row ``row`` of a MEMORY instruction (STRIPED spreads rows
@@ -370,15 +429,74 @@ def hbm_row(inst: Instruction, row: int) -> tuple[int, int]:
 def row_range(inst: Instruction, regs: Registers) -> tuple[int, int]:
     """(first row, row count) an instruction touches under ``regs``.
 
-    COMPUTE: rows ``0 .. value(rows_src)``. MEMORY: ``start = value(start_src) >> block_shift``
-    and ``end = value(rows_src) >> block_shift`` (rounded up when end_ceil is set); a start
-    source of ZERO gives start 0.
+    COMPUTE: rows ``0 .. value(rows_src)``. MEMORY: ``start = start(start_src) >> block_shift``
+    and ``end = value(rows_src) >> block_shift`` (rounded up when end_ceil is set). A RING
+    transfer may wrap around its ring: this gives its first HBM row and its total row count, and
+    :func:`transfer_runs` its contiguous runs.
     """
     end = regs.value(inst.rows_src, inst.rows)
     if inst.opcode not in UNIT_OF:  # COMPUTE
         return 0, end
+    if inst.flags & Flag.RING:
+        runs = ring_runs(inst, regs)
+        return (runs[0][0] if runs else 0), sum(n for _, n in runs)
     shift = inst.block_shift
-    start = 0 if inst.start_src == 0 else regs.position  # ZERO or HISTORY (decode rejects others)
-    start >>= shift
+    start = regs.start(inst.start_src) >> shift
     end = -((-end) >> shift) if inst.end_ceil else end >> shift
     return start, max(end - start, 0)
+
+
+def ring_slots(inst: Instruction, regs: Registers) -> tuple[int, int]:
+    """(first slot number, slot count) of a RING transfer before the ring wraps them.
+
+    Stream positions ``lo = start(start_src)`` .. ``hi = value(rows_src)`` are clamped to the
+    ring part (``lo >= base``, and both ``<= S`` for SINKS; ``hi >= lo``); ``lo`` is rounded down
+    to a multiple of ``2^align_shift`` positions from ``base``; slots are blocks of
+    ``2^block_shift`` positions from ``base``: ``first = (lo - base) >> block_shift``,
+    ``end = (hi - base) >> block_shift`` (rounded up with end_ceil).
+    """
+    part = inst.ring_part
+    base = regs.sinks if part == RingPart.WINDOW else 0
+    lo = max(regs.start(inst.start_src), base)
+    hi = regs.value(inst.rows_src, 0)
+    if part == RingPart.SINKS:
+        lo, hi = min(lo, regs.sinks), min(hi, regs.sinks)
+    hi = max(hi, lo)
+    lo = base + ((lo - base) >> inst.align_shift << inst.align_shift)
+    shift = inst.block_shift
+    first = (lo - base) >> shift
+    end = -((base - hi) >> shift) if inst.end_ceil else (hi - base) >> shift
+    return first, max(end - first, 0)
+
+
+def ring_runs(inst: Instruction, regs: Registers) -> tuple[tuple[int, int], ...]:
+    """Contiguous runs ``(first HBM row, rows)`` of a RING transfer (at most two).
+
+    Slot ``s`` of :func:`ring_slots` lives in ring slot ``s mod rows`` (``rows`` = 0: no wrap), and
+    every slot is ``2^split_shift`` consecutive rows of ``row_bytes`` (so one slot can stream from
+    several pseudo-channels). IsaError if the transfer has more slots than the ring.
+    """
+    first, count = ring_slots(inst, regs)
+    if not count:
+        return ()
+    ring = inst.rows
+    if ring:
+        if count > ring:
+            raise IsaError(f"{Opcode(inst.opcode).name} with flag RING: {count} slots at positions from "
+                           f"{regs.start(inst.start_src)} do not fit its ring of {ring} slots")
+        first %= ring
+        head = min(count, ring - first)
+        runs = ((first, head), (0, count - head)) if count > head else ((first, count),)
+    else:
+        runs = ((first, count),)
+    q = 1 << inst.split_shift
+    return tuple((s * q, n * q) for s, n in runs)
+
+
+def transfer_runs(inst: Instruction, regs: Registers) -> tuple[tuple[int, int], ...]:
+    """Contiguous runs ``(first row, rows)`` of a MEMORY instruction under ``regs`` (none if it
+    moves nothing): one run, or up to two for a RING transfer that wraps."""
+    if inst.flags & Flag.RING:
+        return ring_runs(inst, regs)
+    start, count = row_range(inst, regs)
+    return ((start, count),) if count else ()

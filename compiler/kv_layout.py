@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmfab.compiler.isa import KvMode
+from llmfab.compiler.isa import KvMode, RingPart
 from llmfab.compiler.weight_tiles import align
 
 
@@ -79,6 +79,47 @@ class KvStreamLayout:
     @property
     def nbytes(self) -> int:
         return self.staging_offset + align(self.staging_bytes)
+
+
+def _log2(n: int) -> int | None:
+    """k with 2^k = n, or None if n is not a power of two."""
+    return n.bit_length() - 1 if n > 0 and not n & (n - 1) else None
+
+
+@dataclass(frozen=True)
+class MovedSection:
+    """A part of a Λ stream region as LOAD and STORE move it (docs/isa.md, flag RING).
+
+    ``slots`` slots of ``slot_bytes`` from byte ``offset`` of the region; slot 0 holds the first
+    token (or block) of ``part``. ``kind`` says which slots a run touches:
+
+    - ``tokens``: one token per slot (codes or statistics, or ACT32 values); a run stores its own
+      tokens and loads those its first query still sees (the sinks, and the window from
+      ``max(P - W + 1, S)``);
+    - ``blocks``: one block of ``2^shift`` tokens per slot (per-channel codes or statistics); a run
+      stores the blocks it completes and loads the completed blocks its first query still sees;
+    - ``raw``: the ACT32 values of one token per slot, kept until the token's block is quantized; a
+      run stores its own tokens and loads the staged tokens of the unfinished block (its first
+      position rounded down to a multiple of ``2^align`` tokens from the part's first token);
+    - ``whole``: moved whole by every run (blocks that are not a power of two tokens long, which
+      the engine cannot address by shifts: only when S or W is shorter than the KV block).
+
+    ``ring``: the slots are reused (the window part); slot of token j is then a ring slot.
+    """
+
+    name: str
+    part: RingPart
+    offset: int
+    slots: int
+    slot_bytes: int
+    kind: str
+    shift: int = 0
+    align: int = 0
+    ring: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.slots * self.slot_bytes
 
 
 @dataclass(frozen=True)
@@ -168,3 +209,34 @@ class LambdaStreamLayout:
     @property
     def nbytes(self) -> int:
         return align(max(offset + size for offset, size in self.sections().values()))
+
+    def moved_sections(self) -> list[MovedSection]:
+        """The region cut into the parts LOAD and STORE move (:class:`MovedSection`), in region order."""
+        sections, w, out = self.sections(), self.width, []
+        if self.mode is not KvMode.KV4_CHANNEL:
+            rows = {"codes": self.code_row_bytes, "stats": 8 * self.kv_heads}
+            for name, (offset, size) in sections.items():
+                if not size:
+                    continue
+                if self.sinks:
+                    out.append(MovedSection(f"{name}.sinks", RingPart.SINKS, offset, self.sinks, rows[name], "tokens"))
+                out.append(MovedSection(f"{name}.window", RingPart.WINDOW, offset + self.sinks * rows[name],
+                                        self.window + self.chunk, rows[name], "tokens", ring=True))
+            return out
+        stores = [("window", RingPart.WINDOW, self.window_block, self.window_slots, self.raw_ring, True)]
+        if self.sinks:
+            stores.insert(0, ("sink", RingPart.SINKS, self.sink_block, self.sink_slots, self.sinks, False))
+        for prefix, part, block, slots, raw_rows, ring in stores:
+            shift = _log2(block)
+            for name, slot_bytes in (("codes", block * self.code_row_bytes), ("stats", 8 * w)):
+                offset = sections[f"{prefix}_{name}"][0]
+                if shift is None:
+                    out.append(MovedSection(f"{prefix}_{name}", part, offset, slots, slot_bytes, "whole"))
+                else:
+                    out.append(MovedSection(f"{prefix}_{name}", part, offset, slots, slot_bytes, "blocks",
+                                            shift=shift, ring=ring))
+            # raw staging: without a power-of-two block, load every raw sink (sinks) or the last W - 1
+            # tokens (window, whose block is then W long): both cover the unfinished block
+            out.append(MovedSection(f"{prefix}_raw", part, sections[f"{prefix}_raw"][0], raw_rows, 4 * w,
+                                    "raw" if shift is not None else "tokens", align=shift or 0, ring=ring))
+        return out

@@ -11,6 +11,7 @@ from llmfab.boards.hardware import HardwareConfig
 from llmfab.compiler.isa import ActWidth, Buffer, KvMode
 from llmfab.compiler.kv_layout import KvStreamLayout, LambdaStreamLayout
 from llmfab.compiler.model_plan import LinearSpec, ModelPlan
+from llmfab.compiler.placement import chunk_shape
 from llmfab.compiler.weight_tiles import TileShape, align
 from llmfab.errors import InputError
 
@@ -271,8 +272,10 @@ def _try_plan(plan: ModelPlan, hardware: HardwareConfig, chunk: int, capacity: i
     if not act.fits():
         return None
     wgt = BufferMap(Buffer.WGT, e.weight_buffer_bytes)
+    ports = min(e.hbm_ports, hardware.board.hbm.pseudo_channels)
+    pieces, piece = chunk_shape(norm_bytes(c.hidden_size), ports)  # a norm record streams from every port
     for slot in range(2):
-        wgt.take(f"norm{slot}", norm_bytes(c.hidden_size))
+        wgt.take(f"norm{slot}", pieces * piece)
     rope_rows = plan.recipe.sinks + plan.recipe.window if plan.lambda_attention else chunk
     wgt.take("rope", rope_rows * 4 * c.head_dim)
     ring_bytes = (e.weight_buffer_bytes - wgt.used) // 64 * 64

@@ -4,8 +4,9 @@ connectivity file that binds the engine's AXI masters to them.
 The engine has ``hbm_ports`` AXI masters, port i bound to pseudo-channel i. Regions are
 *striped*: row r of a region lives in pseudo-channel ``r mod ports`` at ``offset + (r div ports) *
 stride`` (docs/isa.md, flag STRIPED), so every transfer of more than one row streams from several
-ports at once, and bytes are balanced across pseudo-channels by construction. Small one-row
-regions (norm records, the token-id input) go to the least-filled pseudo-channel.
+ports at once, and bytes are balanced across pseudo-channels by construction. Blobs (weight
+tiles, norm records) are cut into one chunk per port. Small one-row regions (the token-id input)
+go to the least-filled pseudo-channel.
 """
 
 from __future__ import annotations
@@ -96,9 +97,9 @@ class HbmPlacement:
         return self._add(Region(name, kind, 0, offset, rows, row_bytes, stride, self.ports))
 
     def chunked(self, name: str, kind: str, nbytes: int) -> Region:
-        """A blob (a weight tile) cut into one chunk per port, so one LOAD streams it from all ports."""
-        chunks = min(self.ports, max(1, -(-nbytes // 64)))
-        chunk = align(-(-nbytes // chunks))
+        """A blob (a weight tile, a norm record) cut into one chunk per port, so one LOAD streams it
+        from all ports (:func:`chunk_shape`)."""
+        chunks, chunk = chunk_shape(nbytes, self.ports)
         return self.striped(name, kind, chunks, chunk, chunk)
 
     def split(self, name: str, kind: str, nbytes: int) -> Region:
@@ -151,6 +152,13 @@ class HbmPlacement:
                 raise ValueError(f"image data written beyond the initialised size {size}")
             out.append(bytes(img) + bytes(size - len(img)))
         return out
+
+
+def chunk_shape(nbytes: int, ports: int) -> tuple[int, int]:
+    """(chunks, bytes per chunk) of a blob of ``nbytes`` cut over ``ports`` ports in 64-byte
+    multiples; a LOAD of all chunks fills ``chunks * chunk`` buffer bytes (at least ``nbytes``)."""
+    chunks = min(ports, max(1, -(-nbytes // 64)))
+    return chunks, align(-(-nbytes // chunks))
 
 
 def connectivity_cfg(hardware: HardwareConfig, used_pcs: list[int], kernel: str = KERNEL_NAME) -> str:

@@ -19,7 +19,9 @@ Each op of the lowered cascade (docs/ir.md, "Lowering") maps to one engine instr
 Weight tiles stream through a ring in the weight buffer (compiler/weight_ring.py): after each GEMM
 the LOADs of the following tiles are emitted as far as the freed space allows, so the LOAD unit
 runs several tiles ahead (also through attention, norms and requantization); tokens
-(compiler/tokens.py) enforce the waits.
+(compiler/tokens.py) enforce the waits. Norm records are loaded one norm ahead of their use,
+after a GEMM. A Λ layer's cache moves by RING transfers (docs/isa.md) of only the slots a run
+reads (LOAD) or changes (STORE); the next layer's cache LOADs follow this layer's attention.
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ from llmfab.compiler.isa import (
     Instruction,
     KvMode,
     Opcode,
+    RingPart,
     RowSource,
     StartSource,
 )
-from llmfab.compiler.kv_layout import KvStreamLayout, LambdaStreamLayout
+from llmfab.compiler.kv_layout import KvStreamLayout, LambdaStreamLayout, MovedSection
 from llmfab.compiler.memory_plan import (
+    MAX_ROWS,
+    BufferPlanError,
     MemoryPlan,
     Tile,
     a8_stride,
@@ -99,6 +104,11 @@ def compile_model(plan: ModelPlan, hardware: HardwareConfig, weights: WeightSour
 # ---------------------------------------------------------------- placement
 
 
+def norm_names(num_layers: int) -> list[str]:
+    """The norm records in the order the routines use them."""
+    return [f"norm.{layer}.{which}" for layer in range(num_layers) for which in ("input", "post")] + ["norm.final"]
+
+
 def tile_region_name(tile: Tile) -> str:
     return f"w.{tile.name}"
 
@@ -113,10 +123,8 @@ def _place_constants(plan: ModelPlan, memory: MemoryPlan, placement: HbmPlacemen
     from llmfab.sim.vector_ops import prepare_norm, rope_tables
 
     c = plan.config
-    for layer in range(c.num_layers):
-        for which in ("input", "post"):
-            placement.single(f"norm.{layer}.{which}", "norm", norm_bytes(c.hidden_size))
-    placement.single("norm.final", "norm", norm_bytes(c.hidden_size))
+    for name in norm_names(c.num_layers):  # chunked over the ports: a norm LOAD streams from all of them
+        placement.chunked(name, "norm", norm_bytes(c.hidden_size))
     if weights is not None:
         for layer in range(c.num_layers):
             for which, gamma in zip(("input", "post"), weights.norm_gammas(layer)):
@@ -145,8 +153,11 @@ def _place_runtime(plan: ModelPlan, memory: MemoryPlan, placement: HbmPlacement)
     placement.single("input.ids", "input", 4 * memory.chunk)
     for layer in range(c.num_layers):
         for stream, lay in (("keys", memory.keys), ("values", memory.values)):
-            if isinstance(lay, LambdaStreamLayout):  # constant size: moved whole, one chunk per port
-                placement.chunked(kv_region_name(layer, stream, "all"), "kv", lay.nbytes)
+            if isinstance(lay, LambdaStreamLayout):  # constant size; each part's slots cut over the ports
+                for section in lay.moved_sections():
+                    split = slot_split(section.slot_bytes, placement.ports)
+                    placement.striped(kv_region_name(layer, stream, section.name), "kv", section.slots << split,
+                                      section.slot_bytes >> split)
                 continue
             for section, rows, row_bytes in kv_sections(lay):
                 name = kv_region_name(layer, stream, section)
@@ -155,6 +166,16 @@ def _place_runtime(plan: ModelPlan, memory: MemoryPlan, placement: HbmPlacement)
                 else:
                     placement.striped(name, "kv", rows, row_bytes)
     placement.striped("output.logits", "output", memory.chunk, 4 * c.vocab_size)
+
+
+def slot_split(slot_bytes: int, ports: int) -> int:
+    """log2 of the HBM rows one Λ cache slot is cut into (the RING transfers' ``split_shift``): the
+    most, a power of two up to the HBM ports, that keeps every row a multiple of 64 bytes, so one
+    slot (the token a decode step stores) streams from that many pseudo-channels at once."""
+    k = 0
+    while 2 << k <= ports and slot_bytes % ((2 << k) * 64) == 0:
+        k += 1
+    return k
 
 
 def kv_sections(lay: KvStreamLayout) -> list[tuple[str, int, int]]:
@@ -224,7 +245,10 @@ class RoutineEmitter:
         ring = self.region(memory.wgt, "tiles")
         self.ring = WeightRing(ring[1], ring[2] - ring[1])
         self.tile_addr: list[int] = []  # buffer address of each loaded tile
-        self.norm_uses = 0
+        self.norms = norm_names(plan.config.num_layers)
+        self.norm_uses = 0  # RMSNORMs emitted
+        self.norms_loaded = 0  # norm record LOADs emitted
+        self.norms_freed = 0  # norm slots whose RMSNORM is emitted but whose next LOAD is not
         self.stage_uses = 0
 
     # -- accesses
@@ -274,6 +298,8 @@ class RoutineEmitter:
             for spec in self.plan.layer_linears(layer):
                 self.tiles.extend(self.m.tiles(spec))
         self.tiles.extend(self.m.tiles(self.plan.lm_head))
+        for _ in range(2):
+            self.load_norm()
         self.load_tiles()
         self.embedding()
         rope = self.region(self.m.wgt, "rope")
@@ -314,13 +340,25 @@ class RoutineEmitter:
                            rows_src=RowSource.TOKENS, **fields)
         self.add(inst, reads=reads, writes=[d])
 
+    def load_norm(self) -> None:
+        """LOAD the next norm record into its slot (the two slots alternate)."""
+        if self.norms_loaded == len(self.norms):
+            return
+        slot = self.region(self.m.wgt, f"norm{self.norms_loaded % 2}")
+        region = self.hbm.regions[self.norms[self.norms_loaded]]
+        self.add(self.memory(Opcode.LOAD, region, Buffer.WGT, slot[1], region.row_bytes, region.row_bytes,
+                             rows=region.rows), writes=[slot])
+        self.norms_loaded += 1
+
     def rmsnorm(self, norm_region: str, src: str, dst: str) -> None:
+        """RMSNORM with the record loaded two norms earlier; the slot's next record is loaded after
+        the following GEMM (gemm), far ahead of its use, so the LOAD unit never waits for a norm."""
+        if self.norms[self.norm_uses] != norm_region:
+            raise AssertionError(f"norm {norm_region} used out of order")  # a scheduler bug
         slot = self.region(self.m.wgt, f"norm{self.norm_uses % 2}")
         self.norm_uses += 1
-        region = self.hbm.regions[norm_region]
-        self.add(self.memory(Opcode.LOAD, region, Buffer.WGT, slot[1], region.stride, region.row_bytes, rows=1),
-                 writes=[slot])
         self.compute(Opcode.RMSNORM, dst, src, slot, self.plan.config.hidden_size)
+        self.norms_freed += 1
 
     def requant(self, src: str, dst: str, cols: int, width: ActWidth = ActWidth.A8) -> None:
         self.compute(Opcode.REQUANT, dst, src, None, cols, mode=int(width))
@@ -352,11 +390,15 @@ class RoutineEmitter:
         self.tile_index += 1
         self.ring.release()
         self.load_tiles()
+        for _ in range(self.norms_freed):  # after the tiles: the LOAD unit reaches it once this GEMM is done
+            self.load_norm()
+        self.norms_freed = 0
 
     def decoder_layer(self, layer: int) -> None:
         c = self.plan.config
         specs = {s.name: s for s in self.plan.layer_linears(layer)}
-        self.kv_load(layer)
+        if layer == 0:
+            self.kv_load(layer)  # later layers' caches are loaded right after the previous layer's attention
         self.rmsnorm(f"norm.{layer}.input", "x", "h")
         self.requant("h", "a8_h", c.hidden_size)
         for name, dst in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v")):
@@ -367,7 +409,14 @@ class RoutineEmitter:
                 self.compute(Opcode.ROPE, name, name, rope, width, depth=c.head_dim)
         self.kv_append(layer)
         self.attention()
+        # The STOREs follow ATTENTION in program order (they wait for KV_QUANT only), so the next
+        # layer's KV LOADs, right after the REQUANT, relay their wait for the STOREs through that
+        # REQUANT and not through ATTENTION; the LOAD unit starts them as soon as the KV buffer is
+        # free instead of after this layer's o_proj tiles.
+        self.kv_transfers(layer, Opcode.STORE)
         self.requant("attn", "a8_attn", c.q_dim)
+        if layer + 1 < c.num_layers:
+            self.kv_load(layer + 1)
         self.linear(specs["o_proj"], "a8_attn", "o", c.q_dim)
         self.compute(Opcode.ADD, "x", "x", self.act("o"), c.hidden_size)
         self.rmsnorm(f"norm.{layer}.post", "x", "h")
@@ -387,13 +436,8 @@ class RoutineEmitter:
         for stream, lay, _ in self.streams():
             base = self.region(self.m.kv, stream)
             if isinstance(lay, LambdaStreamLayout):
-                region = self.hbm.regions[kv_region_name(layer, stream, "all")]
-                inst = self.memory(opcode, region, Buffer.KV, base[1], region.row_bytes, region.row_bytes,
-                                   rows=region.rows)
-                if opcode is Opcode.LOAD:
-                    self.add(inst, writes=[base])
-                else:
-                    self.add(inst, reads=[base])
+                for section in lay.moved_sections():
+                    self.lambda_transfer(opcode, layer, stream, base[1], section)
                 continue
             shift = lay.block_tokens.bit_length() - 1 if lay.mode is KvMode.KV4_CHANNEL else 0
             offsets = {"codes": lay.codes_offset, "stats": lay.stats_offset, "staging": lay.staging_offset}
@@ -414,6 +458,33 @@ class RoutineEmitter:
                 else:
                     self.add(inst, reads=[base])
 
+    def lambda_transfer(self, opcode: Opcode, layer: int, stream: str, base: int, section: MovedSection) -> None:
+        """LOAD or STORE of one part of a Λ stream region: the slots the run changes (STORE) or still
+        reads (LOAD), as RING row ranges that follow the ring slots of the positions (docs/isa.md)."""
+        region = self.hbm.regions[kv_region_name(layer, stream, section.name)]
+        addr = base + section.offset
+        span = (Buffer.KV, addr, addr + section.nbytes)
+        if section.kind == "whole":
+            fields = dict(rows=region.rows)
+        else:
+            if section.ring and section.slots > MAX_ROWS:
+                raise BufferPlanError(f"Λ cache part {section.name} has {section.slots:,} ring slots; a RING transfer "
+                                      f"addresses at most {MAX_ROWS:,}: use a smaller attention window")
+            fields = dict(flags=Flag.RING | Flag.BUF_AT_START, rows=section.slots if section.ring else 0,
+                          ring_part=int(section.part), block_shift=section.shift,
+                          split_shift=(region.rows // section.slots).bit_length() - 1)
+            if opcode is Opcode.STORE:  # the run's own tokens, or the blocks they complete
+                fields.update(start_src=StartSource.HISTORY, rows_src=RowSource.CONTEXT)
+            else:  # what the run's first query still reads, or the unfinished block's staged tokens
+                start = StartSource.HISTORY if section.kind == "raw" else (
+                    StartSource.ZERO if section.part is RingPart.SINKS else StartSource.WINDOW)
+                fields.update(start_src=start, rows_src=RowSource.HISTORY, align_shift=section.align)
+        inst = self.memory(opcode, region, Buffer.KV, addr, region.row_bytes, region.row_bytes, **fields)
+        if opcode is Opcode.LOAD:
+            self.add(inst, writes=[span])
+        else:
+            self.add(inst, reads=[span])
+
     def kv_load(self, layer: int) -> None:
         self.kv_transfers(layer, Opcode.LOAD)
 
@@ -425,7 +496,6 @@ class RoutineEmitter:
             self.add(Instruction(Opcode.KV_QUANT, mode=lay.mode, flags=self.kv_flags(), src0_buf=Buffer.ACT, src0_addr=s[1], dst_buf=Buffer.KV,
                                  dst_addr=base[1], cols=c.kv_dim, depth=c.head_dim, aux=lay.block_tokens,
                                  imm=self.kv_capacity(), rows_src=RowSource.TOKENS), reads=[s, base], writes=[base])
-        self.kv_transfers(layer, Opcode.STORE)
 
     def kv_flags(self) -> int:
         return (int(Flag.KV8) if self.plan.kv_bits == 8 else 0) | (int(Flag.LAMBDA) if self.plan.lambda_attention else 0)

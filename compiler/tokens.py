@@ -5,8 +5,8 @@ reads and writes. Here every wait between units is found (read after write, writ
 write after write, against the latest conflicting instruction of each other unit) and turned
 into POP/PUSH bits: the producer pushes, the waiter pops — unless an earlier pop of the waiter's
 in-order unit already waited for the producer or a later instruction of its unit. LOAD <-> STORE
-waits go through a COMPUTE instruction between them: the latest one an earlier instruction of the
-waiting unit already waits for, else the first after the producer.
+waits go through a COMPUTE instruction between them: the latest one the waiting instruction or an
+earlier one of its unit already waits for, else the first after the producer.
 """
 
 from __future__ import annotations
@@ -74,10 +74,12 @@ def hazards(steps: list[Step]) -> list[tuple[int, int]]:
 
 
 def _compute_waits(edges: list[tuple[int, int]], units: list[Unit]) -> list[int]:
-    """Per instruction of LOAD or STORE: the latest COMPUTE instruction that an earlier instruction of
-    its unit waits for directly (-1 if none). A LOAD <-> STORE wait is relayed through that COMPUTE
-    instruction when it comes after the producer: the waiting unit is held up by it anyway, and the
-    COMPUTE unit is not made to wait for the transfer any earlier than that."""
+    """Per instruction of LOAD or STORE: the latest COMPUTE instruction that it or an earlier
+    instruction of its unit waits for directly (-1 if none). A LOAD <-> STORE wait is relayed through
+    that COMPUTE instruction when it comes after the producer: the waiting unit is held up by it
+    anyway, and the COMPUTE unit is not made to wait for the transfer any earlier than that (a STORE
+    of a KV section relays its wait for the section's LOAD through the KV_QUANT it stores, which
+    waits for that LOAD anyway, instead of holding up the next layer's first RMSNORM)."""
     direct = [-1] * len(units)
     for producer, consumer in edges:
         if units[producer] is Unit.COMPUTE and units[consumer] is not Unit.COMPUTE:
@@ -85,8 +87,8 @@ def _compute_waits(edges: list[tuple[int, int]], units: list[Unit]) -> list[int]
     waited, latest = [-1] * len(units), {Unit.LOAD: -1, Unit.STORE: -1}
     for index, unit in enumerate(units):
         if unit in latest:
-            waited[index] = latest[unit]
             latest[unit] = max(latest[unit], direct[index])
+            waited[index] = latest[unit]
     return waited
 
 

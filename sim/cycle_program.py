@@ -6,7 +6,7 @@ limits. `program_from_folder` reads `llmfab compile` output; `program_from_model
 model shape (quant/model_shapes.py) with a recipe preset for a board and engine without weights
 (the scheduler's shape-only mode), caching the result per process.
 
-A Λ recipe compiles to a Λ program (the scheduler's ring of S + W slots, whole-region KV
+A Λ recipe compiles to a Λ program (the scheduler's ring of S + W slots, RING KV
 transfers, Λ visibility in ATTENTION), so its cost stops growing once the ring is full.
 """
 

@@ -25,12 +25,14 @@ from llmfab.compiler.isa import (
     Buffer,
     Flag,
     Instruction,
+    IsaError,
     Opcode,
     Registers,
     Unit,
     decode_program,
     hbm_row,
     row_range,
+    transfer_runs,
 )
 from llmfab.compiler.kv_layout import KvStreamLayout
 from llmfab.compiler.memory_plan import A8_HEADER_BYTES
@@ -297,13 +299,16 @@ class Emulator:
 
     # -- MEMORY opcodes
     def transfer(self, inst: Instruction) -> int:
-        start, count = row_range(inst, self.registers)
-        if count == 0:
+        try:
+            runs = transfer_runs(inst, self.registers)
+        except IsaError as err:
+            self.fail(inst, str(err))
+        if not runs:
             return 0
         static = inst.rows_src == 0 and inst.start_src == 0 and inst.opcode is not Opcode.LOAD_ROWS
         plan = self.transfer_plans.get(self.current) if static else None
         if plan is None:
-            plan = self._plan_transfer(inst, start, count)
+            plan = self._plan_transfer(inst, runs)
             if static:
                 self.transfer_plans[self.current] = plan
         store = inst.opcode is Opcode.STORE
@@ -325,31 +330,40 @@ class Emulator:
         elif inst.buf == _WGT:
             self._untag(lo, hi)
             if inst.opcode is Opcode.LOAD:
+                start, count = runs[0]
                 self.wgt_tags[lo] = (inst.pc, inst.hbm_offset, inst.sub, inst.hbm_stride, start, count,
                                      inst.row_bytes, inst.buf_stride, hi - lo)
-        return count * inst.row_bytes
+        return sum(n for _, n in runs) * inst.row_bytes
 
-    def _plan_transfer(self, inst: Instruction, start: int, count: int) -> tuple:
-        """(row copies, strided lane copies, buffer byte range, touches initialised HBM) of a transfer."""
-        base = inst.buf_addr - (0 if inst.flags & _BUF_AT_START else start * inst.buf_stride)
-        if inst.opcode is Opcode.LOAD_ROWS:
-            ids = self.span(inst.ids_buf, inst.ids_addr, 4 * count).view(np.int32)
-            rows = [(int(i), inst.buf_addr + t * inst.buf_stride) for t, i in enumerate(ids)]
-        else:
-            rows = [(r, base + r * inst.buf_stride) for r in range(start, start + count)]
+    def _plan_transfer(self, inst: Instruction, runs) -> tuple:
+        """(row copies, strided lane copies, buffer byte range, touches initialised HBM) of a
+        transfer's runs of rows (one, or two for a RING transfer that wraps its ring)."""
+        mirror = inst.flags & _BUF_AT_START
+        base = inst.buf_addr - (0 if mirror else runs[0][0] * inst.buf_stride)
         lanes = max(inst.sub, 1) if inst.flags & _STRIPED else 1
         copies, strided = [], []
         initialised = False
-        if inst.opcode is not Opcode.LOAD_ROWS and lanes > 1 and count > lanes:
-            strided, initialised = self._striped_views(inst, start, count, base, lanes)
-        else:
+        lo, hi = None, None
+        for start, count in runs:
+            if inst.opcode is Opcode.LOAD_ROWS:
+                ids = self.span(inst.ids_buf, inst.ids_addr, 4 * count).view(np.int32)
+                rows = [(int(i), inst.buf_addr + t * inst.buf_stride) for t, i in enumerate(ids)]
+            elif lanes > 1 and count > lanes:
+                views, touched = self._striped_views(inst, start, count, base, lanes)
+                strided.extend(views)
+                initialised |= touched
+                rows = []
+            else:
+                rows = [(r, base + r * inst.buf_stride) for r in range(start, start + count)]
+            first = inst.buf_addr if inst.opcode is Opcode.LOAD_ROWS else base + start * inst.buf_stride
+            last = first + (count - 1) * inst.buf_stride + inst.row_bytes
+            lo, hi = (first, last) if lo is None else (min(lo, first), max(hi, last))
             for row, at in rows:
                 pc, offset = hbm_row(inst, row)
                 hbm = self._hbm(inst, pc, offset, inst.row_bytes)
                 self._check(inst.buf, at, at + inst.row_bytes)
                 copies.append((hbm, offset, at, inst.row_bytes))
                 initialised |= offset < self.images[pc]["image_bytes"]
-        lo, hi = min(r[1] for r in rows), max(r[1] for r in rows) + inst.row_bytes
         return copies, strided, (lo, hi), initialised
 
     def _hbm(self, inst: Instruction, pc: int, offset: int, nbytes: int) -> np.ndarray:

@@ -84,8 +84,10 @@ class LambdaView:
         self.rows("stats", 8 * lay.kv_heads)[slots] = stats.view(np.uint8).reshape(len(slots), -1)
 
     def token_timeline(self, position: int, count: int) -> Timeline:
+        """The sinks and the window tokens the run's first query sees (what the LOADs brought in),
+        then the run's own tokens."""
         s, w = self.lay.sinks, self.lay.window
-        held = np.concatenate([np.arange(min(position, s)), np.arange(max(s, position - w), position)])
+        held = np.concatenate([np.arange(min(position, s)), np.arange(max(s, position - w + 1), position)])
         index = np.concatenate([held, np.arange(position, position + count)]).astype(np.int64)
         values = self.token_read(index)
         return Timeline(index, values, values, index)
@@ -148,11 +150,17 @@ class LambdaView:
                 self.rows(f"{prefix}_stats", 8 * lay.width)[block % slots] = stats.view(np.uint8).reshape(-1)
 
     def block_timeline(self, position: int, count: int) -> Timeline:
+        """Per store: the held blocks from the one holding the oldest token the run's first query
+        sees, the staged tokens of the unfinished block, then the run's own tokens (the LOADs bring
+        in exactly the blocks and staged tokens before the run)."""
         parts = []
+        oldest = max(position - self.lay.window + 1, 0)
         for prefix, store, slots, ring in self.stores():
             b = store.block_tokens
             before, after = self.appended(store, position), self.appended(store, position + count)
             first, stop = store.held_blocks(before)
+            if store.limit is None:  # the window ring (every sink stays visible)
+                first = max(first, min(int(store.block_of(max(oldest, store.first))), stop))
             held = self.block_read(prefix, store, slots, np.arange(first, stop))
             done = after // b
             waiting = store.first + np.arange(stop * b, after)

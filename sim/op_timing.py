@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from llmfab.boards.hardware import HardwareConfig, Mode
-from llmfab.compiler.isa import Buffer, Flag, GemmMode, Instruction, Opcode, Registers, row_range
+from llmfab.compiler.isa import Buffer, Flag, GemmMode, Instruction, Opcode, Registers, row_range, transfer_runs
 
 from . import hbm_timing
 from .hbm_timing import DEFAULT_HBM_TIMING, HbmTiming
@@ -58,26 +58,49 @@ def _buffer_size(config: HardwareConfig, buf: int) -> int:
             Buffer.KV: e.kv_buffer_bytes, Buffer.OUT: e.output_buffer_bytes}.get(Buffer(buf), 0)
 
 
+def _rows_per_port(runs, lanes: int) -> int:
+    """Rows on the most loaded of ``lanes`` round-robin ports for runs ``(first row, rows)``."""
+    if len(runs) == 1:
+        return math.ceil(runs[0][1] / min(lanes, runs[0][1]))
+    load = [0] * lanes
+    for first, n in runs:
+        whole, extra = divmod(n, lanes)
+        for lane in range(lanes):
+            load[lane] += whole + ((lane - first) % lanes < extra)
+    return max(load)
+
+
 def _transfer(inst: Instruction, regs: Registers, config: HardwareConfig, gather: bool, hbm: HbmTiming) -> OpCost:
     """A MEMORY instruction's cycles (request latency included, which the queues may overlap),
-    bytes, pseudo-channels and bytes past the buffer end."""
-    start, count = row_range(inst, regs)
+    bytes, pseudo-channels and bytes past the buffer end. A RING transfer that wraps its ring
+    moves two runs of rows (compiler.isa.transfer_runs); each run starts its own bursts."""
+    runs = transfer_runs(inst, regs)
+    count = sum(n for _, n in runs)
     nbytes = count * inst.row_bytes
     if nbytes == 0:
         return OpCost(0.0)
     striped = bool(inst.flags & Flag.STRIPED) and inst.sub > 1
-    ports = min(inst.sub if striped else 1, count, config.engine.hbm_ports)
-    rows_per_port = math.ceil(count / ports)
+    lanes = min(inst.sub if striped else 1, config.engine.hbm_ports)
+    ports = min(lanes, count)
+    rows_per_port = _rows_per_port(runs, lanes)
     per_port = rows_per_port * inst.row_bytes
     burst = hbm_timing.burst_bytes(config)
     contiguous = inst.hbm_stride == inst.row_bytes and not gather
-    bursts = math.ceil(per_port / burst) if contiguous else rows_per_port * math.ceil(inst.row_bytes / burst)
+    if contiguous:
+        bursts = sum(math.ceil(math.ceil(n / min(lanes, n)) * inst.row_bytes / burst) for _, n in runs)
+    else:
+        bursts = rows_per_port * math.ceil(inst.row_bytes / burst)
     cycles = hbm_timing.port_transfer_cycles(config, per_port, bursts, hbm)
-    first = start if inst.flags & Flag.BUF_AT_START else 0
-    used = inst.buf_addr + (first + count - 1) * inst.buf_stride + inst.row_bytes
-    if striped:  # rows start at pc + (first row mod sub); over `ports` channels that wraps within the stripe
+    start = runs[0][0]
+    if inst.flags & Flag.BUF_AT_START:
+        used = inst.buf_addr + max(s + n - 1 for s, n in runs) * inst.buf_stride + inst.row_bytes
+    else:
+        used = inst.buf_addr + (count - 1) * inst.buf_stride + inst.row_bytes
+    if striped and len(runs) == 1:  # rows start at pc + (first row mod sub); over `ports` channels that may wrap
         pc0 = inst.pc + start % inst.sub if ports < inst.sub else inst.pc
         channels = (pc0, ports) if pc0 + ports <= inst.pc + inst.sub else (inst.pc, inst.sub)
+    elif striped:
+        channels = (inst.pc, inst.sub)
     else:
         channels = (inst.pc, 1)
     return OpCost(cycles, hbm_read_bytes=float(nbytes), latency=hbm_timing.latency_cycles(config, hbm),

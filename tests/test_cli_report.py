@@ -55,8 +55,9 @@ def test_report_folder_has_plots_and_summary(tmp_path, no_rendering):
     data = json.loads((out / "summary.json").read_text())
     curves = data["context_sweep"]
     lam, dense = (curves[k] for k in curves)
-    # Past the ring (S + W = 1028) Λ is flat; dense keeps slowing down.
-    assert lam[-1]["decode_tokens_per_s"] == pytest.approx(lam[-2]["decode_tokens_per_s"])
+    # Past the ring (S + W = 1028) Λ is flat up to the key block phase (the staged tokens of the
+    # unfinished block are loaded, docs/performance.md); dense keeps slowing down.
+    assert lam[-1]["decode_tokens_per_s"] == pytest.approx(lam[-2]["decode_tokens_per_s"], rel=1e-3)
     assert dense[-1]["decode_tokens_per_s"] < dense[-2]["decode_tokens_per_s"] < dense[0]["decode_tokens_per_s"]
     assert data["design_sweep"]["fits"] == [[True, True], [True, True]]
     prefill = data["design_sweep"]["prefill_chunk_tokens_per_s"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llmfab.boards.hardware import HardwareConfig
-from llmfab.compiler.isa import Buffer, Instruction, Opcode, Unit
+from llmfab.compiler.isa import Buffer, Flag, Instruction, Opcode, Unit
 from llmfab.compiler.memory_plan import BufferPlanError, tile_linear
 from llmfab.compiler.model_plan import LinearSpec, ModelPlan
 from llmfab.compiler.placement import HbmCapacityError
@@ -92,7 +92,8 @@ def test_model_too_big_for_hbm_says_by_how_much(llama7b_plan):
 
 def test_lambda_plan_has_constant_cache_and_no_rope_instructions():
     """accllm on SmolLM2's shape: Λ attention keeps a constant-size cache per layer (no context
-    limit), rotates keys inside ATTENTION (no ROPE), and moves each layer's cache whole."""
+    limit), rotates keys inside ATTENTION (no ROPE), and moves each part of a layer's cache by RING
+    row ranges (a region per part, the same in every layer)."""
     recipe = Recipe.from_preset("accllm")
     compiled = compile_model(ModelPlan.build(model_shape("smollm2-135m"), recipe), HardwareConfig.from_preset("u280-default"), None)
     assert compiled.memory.max_context is None and compiled.report["lambda"] == {"sinks": 4, "window": 1024}
@@ -100,9 +101,18 @@ def test_lambda_plan_has_constant_cache_and_no_rope_instructions():
     counts = compiled.report["instructions"]["decode"]
     assert "ROPE" not in counts and counts["ATTENTION"] == 30
     kv = [r for r in compiled.placement.regions.values() if r.kind == "kv"]
-    assert len(kv) == 2 * 30 and all(r.rows == 32 for r in kv)  # one whole region per stream, chunked over the ports
-    for stream in ("keys", "values"):
-        assert len({r.stride for r in kv if r.name.endswith(f"{stream}.all")}) == 1  # same bytes every layer
+    parts = {"keys": [s.name for s in compiled.memory.keys.moved_sections()],
+             "values": [s.name for s in compiled.memory.values.moved_sections()]}
+    assert parts == {"keys": ["sink_codes", "sink_stats", "sink_raw", "window_codes", "window_stats", "window_raw"],
+                     "values": ["codes.sinks", "codes.window", "stats.sinks", "stats.window"]}
+    assert len(kv) == 10 * 30
+    for stream, names in parts.items():
+        for name in names:  # same rows every layer, striped over all ports
+            shapes = {(r.rows, r.row_bytes, r.ports) for r in kv if r.name.split(".", 2)[2] == f"{stream}.{name}"}
+            assert len(shapes) == 1 and next(iter(shapes))[2] == 32, (stream, name, shapes)
+    decode = compiled.instructions[compiled.entries["decode"]["entry"]:][:compiled.entries["decode"]["count"]]
+    kv_moves = [i for i in decode if i.opcode in (Opcode.LOAD, Opcode.STORE) and i.buf == Buffer.KV]
+    assert len(kv_moves) == 2 * 10 * 30 and all(i.flags & Flag.RING for i in kv_moves)
 
 
 def steps_for(accesses):

@@ -4,11 +4,21 @@ a bad run must give."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
 
-from llmfab.compiler.isa import WORD_BYTES, IsaError, Opcode, decode_program, encode_program
+from llmfab.compiler.isa import (
+    WORD_BYTES,
+    Buffer,
+    Flag,
+    IsaError,
+    Opcode,
+    decode_program,
+    encode_program,
+    transfer_runs,
+)
 from llmfab.compiler.model_plan import reference_integer_model
 from llmfab.compiler.program import ProgramError, load_program
 from llmfab.sim.emulator import Emulator, EmulatorError
@@ -28,9 +38,9 @@ def tiny(sparse_artifact, tmp_path_factory):
                             engine(activation_buffer_bytes=24 * 1024))
 
 
-def run_and_compare(artifact, program, ids, chunk: int, decode_steps: int) -> None:
+def run_and_compare(artifact, program, ids, chunk: int, decode_steps: int, emu: Emulator | None = None) -> None:
     """Prefill ``ids`` in chunks of ``chunk``, then decode; every logit equals IntegerModel's."""
-    emu = Emulator(program)
+    emu = emu or Emulator(program)
     emu.reset()
     reference = reference_integer_model(artifact)
     cache = reference.new_cache()
@@ -93,6 +103,48 @@ def test_lambda_cache_past_several_ring_wraps_is_bit_exact(tiny_hf_folder, tmp_p
     chunk = program.limits.max_prefill_tokens
     ids = np.random.default_rng(3).integers(0, program.limits.vocab_size, 2 * (sinks + window) + 6)
     run_and_compare(artifact, program, ids, chunk - 3, decode_steps=8)
+
+
+class PoisonedKvEmulator(Emulator):
+    """Fills the KV buffer with random bytes before each layer's KV LOADs, so a result that reads a
+    byte that no LOAD of the layer brought in (nor its KV_QUANT wrote) differs from the reference.
+    Counts the RING transfers that wrapped their ring (two runs of rows)."""
+
+    def __init__(self, program, seed: int = 0):
+        super().__init__(program)
+        self.rng = np.random.default_rng(seed)
+        self.previous_was_kv_load = False
+        self.wrapped = Counter()
+
+    def execute(self, inst):
+        kv_load = inst.opcode is Opcode.LOAD and inst.buf == Buffer.KV
+        if kv_load and not self.previous_was_kv_load:
+            kv = self.buffers[Buffer.KV]
+            kv[:] = self.rng.integers(0, 256, kv.size, dtype=np.uint8)
+        self.previous_was_kv_load = kv_load
+        if inst.flags & Flag.RING and len(transfer_runs(inst, self.registers)) == 2:
+            self.wrapped[inst.opcode.name] += 1
+        return super().execute(inst)
+
+
+@pytest.mark.parametrize(("keys", "sinks", "window"), [("per-channel", 4, 40), ("per-token", 3, 12),
+                                                       ("per-channel", 3, 12)])
+def test_lambda_transfers_bring_in_every_byte_the_layer_reads(tiny_hf_folder, tmp_path, keys, sinks, window):
+    """The Λ LOADs move only the slots a run still reads and the STOREs only those it changed (RING
+    row ranges that follow the ring slots of the positions): with the KV buffer filled with random
+    bytes before every layer's LOADs, prefill chunks that wrap the rings and decode steps still give
+    IntegerModel's logits. (4, 40): 32-token key blocks addressed by shifts; (3, 12): per-token keys,
+    and per-channel keys whose blocks (3 sinks, 12 window tokens) are moved whole."""
+    formats = dict(recipe=dict(preset="accllm", group_size=32, zero_point="half-integer", sinks=sinks,
+                               window=window, kv_key_granularity=keys), rtn=SPARSE_W2["rtn"])
+    artifact_folder = tiny_artifact(tmp_path / "lambda", tiny_hf_folder, formats)
+    artifact, compiled, program = compile_artifact(artifact_folder, tmp_path / "prog",
+                                                   engine(activation_buffer_bytes=24 * 1024))
+    chunk = program.limits.max_prefill_tokens
+    ids = np.random.default_rng(4).integers(0, program.limits.vocab_size, 3 * (sinks + window + chunk) + 5)
+    emu = PoisonedKvEmulator(program)
+    run_and_compare(artifact, program, ids, chunk - 1, decode_steps=2 * chunk + 3, emu=emu)
+    assert emu.wrapped["STORE"] > 0 and emu.wrapped["LOAD"] > 0  # some chunks and windows wrapped their ring
 
 
 def test_stats_count_instructions_and_bytes(tiny):
