@@ -133,9 +133,10 @@ PRESETS: dict[str, tuple[str, EngineParams]] = {
     "u55c-default": ("u55c", _engine(225, 32, 64, 64, 512, 64, 2048, 512, 4096, 256)),
     # Sized with the cycle model for Llama-2-7B accllm decode (docs/performance.md): 8,192 decode
     # lanes (2x the stream) and 8,192 attention lanes so GEMMs and Λ attention stop holding up
-    # the weight stream, an 8 MiB KV buffer for one layer's Λ cache region (6.5 MB), 2 MiB of
+    # the weight stream, an 8 MiB weight buffer whose tile ring keeps the stream going through each
+    # layer's attention, an 8 MiB KV buffer for one layer's Λ cache region (6.5 MB), 2 MiB of
     # activations for 9-token prefill chunks.
-    "u280-accllm": ("u280", _engine(225, 32, 64, 64, 8192, 64, 4096, 2048, 8192, 256, weight_bits=2.0)),
+    "u280-accllm": ("u280", _engine(225, 32, 64, 64, 8192, 64, 8192, 2048, 8192, 256, weight_bits=2.0)),
     # The engine the RTL's whole-engine tests simulate (docs/rtl.md): every mode and unit of the
     # full engine at a size a cocotb run of a tiny model finishes in minutes (2 ports x 64 bits,
     # 8-byte buffer words, 2 SFU lanes, 8 decode lanes, a 2 x 2 prefill array).

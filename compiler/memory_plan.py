@@ -21,7 +21,7 @@ A8_HEADER_BYTES = 8
 MAX_ROWS = (1 << 16) - 1  # 16-bit row fields
 # The largest weight tile is 1/TILES_IN_FLIGHT of the weight buffer's tile ring (compiler/weight_ring.py),
 # so the LOAD unit can be that many tiles ahead of the GEMMs (through attention, norms, requantization).
-TILES_IN_FLIGHT = 4
+TILES_IN_FLIGHT = 6
 
 
 class BufferPlanError(InputError):
