@@ -5,14 +5,16 @@ The folder holds
 | file | what |
 | --- | --- |
 | `<kernel>.v` | the top with XRT's port names (ap_clk, ap_rst_n, s_axi_control_*, m_axi_hbmNN_*, interrupt) |
-| `<kernel>_core.v` | the Amaranth design below it (the kernel shell and all its parts) |
+| `<kernel>_core.v` | the Amaranth design below it (the engine, rtl/engine/engine.py, and all its parts) |
 | `kernel.xml` | the kernel description for package_xo / v++ / XRT |
 | `package_xo.tcl` | the Vivado batch script that packages the above as `<kernel>.xo` |
 | `connectivity.cfg` | v++ `sp=` lines binding master i to HBM[i] (the compiler writes one per program) |
 | `rtl_manifest.json` | hardware config and fingerprint, register map, masters, file checksums |
 
-For now the top is the kernel shell (`rtl/kernel_shell.py`): control slave, one AXI4 master
-per HBM port and a DMA copy datapath; the engine replaces the copy datapath.
+The kernel is the engine (`rtl/engine/engine.Engine`): the XRT control slave with the engine's
+arguments and status registers, one AXI4 master per HBM port (instructions come through
+`m_axi_hbm00`, so connectivity.cfg binds exactly the HBM ports), the buffers, the issue logic,
+the LOAD/STORE DMA and the COMPUTE sequencers built so far (`engine.default_sequencers`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from llmfab.boards.hardware import HardwareConfig
 from llmfab.compiler.placement import KERNEL_NAME, connectivity_cfg
 
 from .emit import kernel_sources, write_text_atomic
-from .kernel_shell import KernelShell, master_bundle
+from .engine.engine import Engine
+from .kernel_shell import master_bundle
 from .packaging import kernel_xml, package_xo_tcl
 
 MANIFEST_FORMAT = "llmfab.rtl_kernel"
@@ -41,6 +44,7 @@ class RtlOutput:
     kernel: str
     files: dict[str, Path]
     verilog_files: tuple[str, ...]
+    sequencers: tuple[str, ...] = ()  # COMPUTE opcodes the kernel has a sequencer for
 
 
 def kernel_masters(config: HardwareConfig) -> dict[str, int]:
@@ -48,25 +52,29 @@ def kernel_masters(config: HardwareConfig) -> dict[str, int]:
     return {master_bundle(p): config.engine.axi_data_width_bits for p in range(config.engine.hbm_ports)}
 
 
-def rtl(config: HardwareConfig, out_dir: str | Path, kernel: str = KERNEL_NAME) -> RtlOutput:
+def rtl(config: HardwareConfig, out_dir: str | Path, kernel: str = KERNEL_NAME, engine: Engine | None = None) -> RtlOutput:
     """Generate the kernel for `config` into `out_dir` (created if needed; each file is written
-    through a temporary file and a rename, so no file is ever half-written)."""
+    through a temporary file and a rename, so no file is ever half-written). `engine`: the core to
+    emit (default: `Engine.for_config(config)` with every sequencer there is)."""
     folder = Path(out_dir)
-    shell = KernelShell.for_config(config)
-    sources = kernel_sources(shell, kernel)
+    engine = engine or Engine.for_config(config)
+    sources = kernel_sources(engine, kernel)
     masters = kernel_masters(config)
+    registers = engine.register_map
     texts = dict(sources.files)
     verilog_files = tuple(texts)
-    texts["kernel.xml"] = kernel_xml(kernel, shell.register_map, masters)
-    texts["package_xo.tcl"] = package_xo_tcl(kernel, verilog_files, shell.register_map, masters)
+    texts["kernel.xml"] = kernel_xml(kernel, registers, masters)
+    texts["package_xo.tcl"] = package_xo_tcl(kernel, verilog_files, registers, masters)
     texts["connectivity.cfg"] = connectivity_cfg(config, list(range(config.engine.hbm_ports)), kernel=kernel)
     manifest = {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "kernel": kernel, "top": sources.top_name,
-        "datapath": "dma-copy shell (rtl/kernel_shell.py)",
+        "datapath": "engine (rtl/engine/engine.py)",
+        "sequencers": sorted(op.name for op in engine.sequencers),
         "hardware": config.to_dict(), "hardware_fingerprint": config.fingerprint(),
         "masters": masters,
         "arguments": [{"name": a.name, "kind": a.kind.value, "offset": a.offset, "size": a.size_bytes,
-                       "master": a.master} for a in shell.register_map.arguments],
+                       "master": a.master} for a in registers.arguments],
+        "status": [{"name": r.name, "offset": r.offset, "description": r.description} for r in registers.status],
         "files": {name: hashlib.sha256(text.encode()).hexdigest() for name, text in texts.items()},
     }
     texts["rtl_manifest.json"] = json.dumps(manifest, indent=2) + "\n"
@@ -74,4 +82,4 @@ def rtl(config: HardwareConfig, out_dir: str | Path, kernel: str = KERNEL_NAME) 
     for name, text in texts.items():
         write_text_atomic(folder / name, text)
         files[name] = folder / name
-    return RtlOutput(folder, kernel, files, verilog_files)
+    return RtlOutput(folder, kernel, files, verilog_files, tuple(sorted(op.name for op in engine.sequencers)))

@@ -1,7 +1,10 @@
 """The XRT kernel shell: control slave, one AXI4 master per HBM port, and a DMA copy datapath.
 
-This is the frame the compute engine plugs into. Until the engine's instruction issue lands,
-the datapath behind the masters is a real, useful one: a parallel DMA copy. Its arguments are
+`llmfab rtl` now emits the engine (rtl/engine/engine.py), which has the same frame (control
+slave, one master per port named by `master_bundle`, pointer arguments named by
+`pointer_argument`, the ap_ctrl_hs handshake). The copy shell stays as the minimal kernel that
+`benchmarks/rtl.py` measures (Yosys resources of the frame alone, simulator throughput) and
+that tests/rtl/test_kernel_shell.py runs as XRT does. Its arguments are
 
 | argument | kind | meaning |
 | --- | --- | --- |
@@ -15,9 +18,8 @@ to `hbm_i + dst_offset` in every buffer at once, one copy engine per port, and s
 when the last write response of every port is in. The regions must not overlap. Offsets and
 pointers must be beat-aligned (the low bits are ignored).
 
-When the engine arrives it replaces `CopyEngine`: it receives the same pointer arguments and
-the same per-port `AxiMaster` command and data streams, and drives the same ap_ctrl_hs
-handshake (`ap_start` held until `ap_ready`, then `ap_done`).
+The engine keeps the pointer arguments and the handshake (`ap_start` held until `ap_ready`,
+then `ap_done`) and puts its DMA (rtl/engine/dma.py) behind each master.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@
   `RegisterMap` the control slave is built from (so the two cannot disagree).
 - `package_xo_tcl`: a Vivado batch script that packages the Verilog as an IP with the Vitis
   kernel properties, records the register map (pointer arguments tied to their master by
-  ASSOCIATED_BUSIF) and calls `package_xo` with the kernel.xml. Run it from the folder holding
+  ASSOCIATED_BUSIF, then the read-only status registers the core drives) and calls
+  `package_xo` with the kernel.xml. Status registers are not kernel.xml arguments (XRT writes
+  arguments); the host reads them with `xrt::ip::read_register` / `kernel.read_register`. Run it from the folder holding
   the files: `vivado -mode batch -source package_xo.tcl -tclargs <out.xo>`.
 
 Neither Vivado nor v++ runs here; tests check the XML against the register map and that the
@@ -112,6 +114,8 @@ def package_xo_tcl(kernel: str, verilog_files: Sequence[str], register_map: Regi
     registers = [(name, offset, 32, description, None) for name, offset, description in _FIXED_REGISTERS]
     registers += [(arg.name, arg.offset, arg.width, f"kernel argument {arg.name} ({arg.kind.value})",
                    arg.master if arg.kind is ArgumentKind.POINTER else None) for arg in register_map.arguments]
+    registers += [(reg.name, reg.offset, 32, f"status (read only): {reg.description}", None)
+                  for reg in register_map.status]
     for name, offset, width, description, bus in registers:
         lines += [
             f"set reg [ipx::add_register {name} $block]",

@@ -3,8 +3,9 @@
 `llmfab rtl --board u280 [--engine u280-default] -o DIR` writes into DIR the Verilog top (XRT
 port names) and the Amaranth design below it, `kernel.xml`, the `package_xo.tcl` script for
 Vivado, a v++ `connectivity.cfg` (master i -> HBM[i]) and `rtl_manifest.json`. Vivado and v++
-are not run. For now the kernel is the shell the engine plugs into: the XRT control slave, one
-AXI4 master per HBM port of the engine preset, and a DMA copy datapath (docs/rtl.md).
+are not run. The kernel is the engine (rtl/engine/engine.py): XRT control slave with the
+engine's arguments and status registers, one AXI4 master per HBM port of the engine preset,
+buffers, instruction issue, LOAD/STORE DMA and the COMPUTE sequencers built so far (docs/rtl.md).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     e = config.engine
     print(f"# kernel {written.kernel} for board {config.board.name}, engine {args.engine}: "
           f"{e.hbm_ports} AXI4 masters of {e.axi_data_width_bits} bits, bursts of {e.axi_burst_len} beats")
+    print(f"# COMPUTE opcodes with a sequencer: {', '.join(written.sequencers)}")
     for name, path in written.files.items():
         print(f"{path}  ({path.stat().st_size:,} bytes)")
     print(f"# package with: cd {written.folder} && vivado -mode batch -source package_xo.tcl -tclargs "

@@ -1,5 +1,7 @@
-"""Generated kernel folder: kernel.xml agrees with the register map, the package script is complete
-Tcl naming every file, the manifest's checksums match, the CLI writes it all."""
+"""Generated kernel folder: kernel.xml agrees with the engine's register map (HBM pointers, the
+instruction pointer on m_axi_hbm00, the scalars; status registers only in the package script), the
+package script is complete Tcl naming every file and register, the manifest's checksums match, the
+CLI writes it all."""
 
 from __future__ import annotations
 
@@ -15,14 +17,16 @@ from llmfab.boards.hardware import HardwareConfig
 from llmfab.cli import main
 from llmfab.rtl.control import RegisterMap
 from llmfab.rtl.generate import rtl
-from llmfab.rtl.kernel_shell import master_bundle, shell_register_map
+from llmfab.rtl.engine.engine import engine_register_map
+from llmfab.rtl.kernel_shell import master_bundle
 from llmfab.rtl.packaging import kernel_xml, package_xo_tcl
 
 
 def small_config(ports: int = 3) -> HardwareConfig:
     base = HardwareConfig.from_preset("u280-small")
     engine = base.engine.replace(hbm_ports=ports, axi_data_width_bits=64, axi_burst_len=16,
-                                 decode_lanes=ports * 64 // 4)
+                                 decode_lanes=ports * 64 // 4, sfu_lanes=2, weight_buffer_bytes=4096,
+                                 activation_buffer_bytes=4096, kv_buffer_bytes=2048, output_buffer_bytes=1024)
     return HardwareConfig(board=base.board, engine=engine)
 
 
@@ -42,7 +46,8 @@ def test_kernel_xml_matches_the_register_map(generated):
     masters = [master_bundle(p) for p in range(config.engine.hbm_ports)]
     assert [n for n in ports if n != "s_axi_control"] == masters
     assert all(ports[m]["dataWidth"] == "64" and ports[m]["mode"] == "master" for m in masters)
-    registers = shell_register_map(config.engine.hbm_ports)
+    registers = engine_register_map(config.engine.hbm_ports)
+    assert registers["instructions"].master == "m_axi_hbm00" and registers["count"].kind.value == "scalar"
     args = list(kernel.iter("arg"))
     assert [a.get("name") for a in args] == [r.name for r in registers.arguments]
     for xml_arg, reg in zip(args, registers.arguments):
@@ -67,8 +72,10 @@ def test_package_script_is_complete_tcl_naming_every_file(generated):
     script = out.files["package_xo.tcl"].read_text()
     for name in (*out.verilog_files, "kernel.xml"):
         assert name in script
-    for reg in shell_register_map(config.engine.hbm_ports).arguments:
+    registers = engine_register_map(config.engine.hbm_ports)
+    for reg in (*registers.arguments, *registers.status):
         assert f"ipx::add_register {reg.name} " in script and f"address_offset {hex(reg.offset)}" in script
+    assert registers.status and min(r.offset for r in registers.status) >= registers.end
     assert f"-kernel_name {out.kernel}" in script and "sdx_kernel_type rtl" in script
     if shutil.which("tclsh") is None:
         pytest.skip("tclsh not installed: cannot check that package_xo.tcl is complete Tcl")
@@ -80,6 +87,8 @@ def test_manifest_checksums_and_connectivity(generated):
     config, out = generated
     manifest = json.loads(out.files["rtl_manifest.json"].read_text())
     assert manifest["hardware_fingerprint"] == config.fingerprint()
+    assert [r["name"] for r in manifest["status"]][:3] == ["status", "error_code", "error_address"]
+    assert "ADD" in manifest["sequencers"] and manifest["datapath"].startswith("engine")
     for name, digest in manifest["files"].items():
         assert hashlib.sha256(out.files[name].read_bytes()).hexdigest() == digest
     cfg = out.files["connectivity.cfg"].read_text()

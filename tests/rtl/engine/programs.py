@@ -29,7 +29,8 @@ def region(pc: int, offset: int, rows: int, row_bytes: int, stride: int, ports: 
 
 def write_program(folder: Path, hardware: HardwareConfig, instructions: list[Instruction], routines: dict,
                   images: dict[int, bytes], used: dict[int, int], input_ids: dict, logits: dict,
-                  max_prefill_tokens: int = 4, max_context: int = 64, vocab_size: int = 16) -> Program:
+                  max_prefill_tokens: int = 4, max_context: int = 64, vocab_size: int = 16,
+                  sinks: int | None = None, window: int | None = None) -> Program:
     """Write a program folder: `routines` name -> (entry, count), `images` pc -> initial bytes, `used`
     pc -> bytes of the pseudo-channel (at least the image). Returns it loaded (checksums verified)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ def write_program(folder: Path, hardware: HardwareConfig, instructions: list[Ins
         "routines": {name: {"entry": e, "count": c, "max_tokens": max_prefill_tokens if name == "prefill" else 1}
                      for name, (e, c) in routines.items()},
         "limits": {"max_prefill_tokens": max_prefill_tokens, "max_context": max_context, "vocab_size": vocab_size,
-                   "sinks": None, "window": None},
+                   "sinks": sinks, "window": window},
         "io": {"input_ids": input_ids, "logits": logits},
         "hbm": {"ports": hardware.engine.hbm_ports, "pcs": pcs},
         "files": files,

@@ -19,7 +19,7 @@ from llmfab.rtl.engine.engine import Engine
 from llmfab.rtl.engine.geometry import EngineGeometry
 from llmfab.rtl.engine.issue import ErrorCode
 from llmfab.rtl.engine.seq_elementwise import ElementwiseSequencer
-from llmfab.rtl.sim_runner import simulator_params
+from llmfab.rtl.sim_runner import missing_tool, simulator_params
 from llmfab.tests.rtl.engine.engine_harness import Run, assert_same_hbm, emulate, run_engine
 from llmfab.tests.rtl.engine.programs import region, tiny_hardware, write_program
 
@@ -158,3 +158,15 @@ def test_engine_reports_errors_with_the_instruction(simulator, tmp_path):
         assert run.status["status"] == (2 if code else 0)
     good = result.runs[-1].hbm[0]
     assert result.runs[-1].status["retired"] == 3 and good  # the engine runs normally after errors
+
+
+@pytest.mark.sim
+@pytest.mark.skipif(missing_tool("icarus") is not None, reason=str(missing_tool("icarus")))
+def test_engine_as_the_xrt_kernel_top(tmp_path):
+    """The same program through the XRT-named top (ap_clk, ap_rst_n, m_axi_hbm00_*), without trace ports."""
+    program = build(tmp_path / "program", *transfer_program())
+    g = EngineGeometry.from_config(program.hardware)
+    engine = Engine(g, {Opcode.ADD: ElementwiseSequencer(g, Opcode.ADD)})
+    result = run_engine(program, RUNS[:2], "icarus", tmp_path / "run", engine=engine, kernel=True,
+                        toplevel="llmfab_engine", stall=0.2)
+    assert_same_hbm(program, result, emulate(program, RUNS[:2]))
