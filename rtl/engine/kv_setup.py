@@ -1,0 +1,112 @@
+"""Per-instruction arithmetic of the KV sequencers: layout offsets, divisions, cursors.
+
+A KV instruction's constants (section offsets of the stream region, `P div B`, ring positions)
+depend on runtime fields and registers. The sequencers compute them once per instruction with a
+short straight-line program of register assignments run inside their FSM (`setup_states`):
+
+- `Step((signal, value), ...)`: one cycle, every assignment in parallel (values may use the
+  results of earlier steps; products are plain `*`, registered at once);
+- `Divide(q, r, n, d, bits)`: `q = n div d`, `r = n mod d` for unsigned `n < 2^bits` and
+  `d >= 1`, on the shared `SerialDivider` (one quotient bit per cycle): `bits + 2` cycles.
+
+`setup_cycles(steps)` is the program's length, which the cycle formulas add.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Module, Signal, Value
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+ALIGN = 64  # stream sections start at 64-byte offsets (compiler/weight_tiles.align)
+
+
+def align64(value: Value) -> Value:
+    """`value` rounded up to a multiple of 64."""
+    return (value + (ALIGN - 1)) & ~(ALIGN - 1)
+
+
+def ceil_shift(value: Value, shift: int) -> Value:
+    """`ceil(value / 2^shift)`."""
+    return (value + ((1 << shift) - 1)) >> shift
+
+
+class SerialDivider(wiring.Component):
+    """Unsigned restoring division, one quotient bit per cycle.
+
+    `start` (one cycle) takes `n`, `d` and `bits` (the dividend's width, at most `num_bits`);
+    `busy` is high for the next `bits` cycles, after which `q = n div d` and `r = n mod d` hold
+    until the next start. `d = 0` gives all-ones quotient bits (callers check d first).
+    """
+
+    def __init__(self, num_bits: int = 32, den_bits: int = 24):
+        self.num_bits, self.den_bits = num_bits, den_bits
+        super().__init__({"start": In(1), "n": In(num_bits), "d": In(den_bits), "bits": In(range(num_bits + 1)),
+                          "busy": Out(1), "q": Out(num_bits), "r": Out(den_bits)})
+
+    def elaborate(self, platform):
+        m = Module()
+        nb = self.num_bits
+        dividend = Signal(nb)
+        divisor = Signal(self.den_bits)
+        remainder = Signal(self.den_bits + 1)
+        left = Signal(range(nb + 1))
+        trial = Signal(self.den_bits + 2)
+        m.d.comb += [trial.eq((remainder << 1) | dividend[nb - 1]), self.busy.eq(left != 0),
+                     self.r.eq(remainder)]
+        with m.If(self.start):
+            m.d.sync += [dividend.eq(self.n << (nb - self.bits).as_unsigned()), divisor.eq(self.d), remainder.eq(0),
+                         self.q.eq(0), left.eq(self.bits)]
+        with m.Elif(left != 0):
+            fits = trial >= divisor
+            m.d.sync += [dividend.eq(dividend << 1), left.eq(left - 1), self.q.eq((self.q << 1) | fits),
+                         remainder.eq(trial - (fits * divisor))]
+        return m
+
+
+class Step:
+    """One cycle of parallel register assignments, given as (signal, value) pairs."""
+
+    def __init__(self, *assignments):
+        self.assignments = assignments
+
+
+@dataclass
+class Divide:
+    """`q = n div d`, `r = n mod d` (either may be None) with an n of `bits` bits."""
+
+    q: Signal | None
+    r: Signal | None
+    n: Value
+    d: Value
+    bits: int = 32
+
+
+def setup_cycles(steps: list) -> int:
+    """Cycles `setup_states` spends on `steps`."""
+    return sum(1 if isinstance(step, Step) else step.bits + 2 for step in steps)
+
+
+def setup_states(m: Module, name: str, steps: list, divider: SerialDivider, then: str) -> str:
+    """Add the states of `steps` to the FSM being built (call inside `with m.FSM()`); the last
+    one goes to state `then`. Returns the first state's name."""
+    names = [f"{name}_{k}" for k in range(len(steps))] + [then]
+    for k, step in enumerate(steps):
+        if isinstance(step, Step):
+            with m.State(names[k]):
+                m.d.sync += [target.eq(value) for target, value in step.assignments]
+                m.next = names[k + 1]
+            continue
+        with m.State(names[k]):
+            m.d.comb += [divider.start.eq(1), divider.n.eq(step.n), divider.d.eq(step.d), divider.bits.eq(step.bits)]
+            m.next = f"{names[k]}_wait"
+        with m.State(f"{names[k]}_wait"):
+            with m.If(~divider.busy):
+                if step.q is not None:
+                    m.d.sync += step.q.eq(divider.q)
+                if step.r is not None:
+                    m.d.sync += step.r.eq(divider.r)
+                m.next = names[k + 1]
+    return names[0]
