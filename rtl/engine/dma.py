@@ -111,6 +111,22 @@ def store_row_cycles(hbm_addr: int, buf_addr: int, nbytes: int, beat_bytes: int,
     return _stream_time(_pieces(buf_addr, nbytes, word_bytes), beat_bytes, hbm_addr % beat_bytes, beat_bytes) + 4
 
 
+def label_beats(m: Module, beats, packer, labelling, first, left, beat_bytes: int) -> None:
+    """While `labelling`, pass the `beats` stream into `packer` as chunks holding the transfer's
+    bytes: the first from byte `first`, `left` bytes in all (both registers, updated here; the
+    last chunk clears `labelling`)."""
+    count = Signal(range(beat_bytes + 1))
+    m.d.comb += count.eq(Mux(left < beat_bytes - first, left, beat_bytes - first))
+    chunk = packer.i.payload
+    m.d.comb += [packer.i.valid.eq(labelling & beats.valid), chunk.data.eq(beats.payload),
+                 chunk.first.eq(first), chunk.count.eq(count), chunk.last.eq(left == count),
+                 beats.ready.eq(labelling & packer.i.ready)]
+    with m.If(packer.i.valid & packer.i.ready):
+        m.d.sync += [first.eq(0), left.eq(left - count)]
+        with m.If(left == count):
+            m.d.sync += labelling.eq(0)
+
+
 def _beats(addr, nbytes, beat_bytes: int):
     """Beats covering HBM bytes [addr, addr + nbytes)."""
     shift = (beat_bytes - 1).bit_length()
@@ -170,16 +186,7 @@ class LoadEngine(wiring.Component):
                      meta.r_en.eq(issue)]
         with m.If(issue):
             m.d.sync += [labelling.eq(1), first.eq(head.first), left.eq(head.nbytes)]
-        count = Signal(range(bb + 1))
-        m.d.comb += count.eq(Mux(left < bb - first, left, bb - first))
-        chunk = packer.i.payload
-        m.d.comb += [packer.i.valid.eq(labelling & self.read_data.valid), chunk.data.eq(self.read_data.payload),
-                     chunk.first.eq(first), chunk.count.eq(count), chunk.last.eq(left == count),
-                     self.read_data.ready.eq(labelling & packer.i.ready)]
-        with m.If(packer.i.valid & packer.i.ready):
-            m.d.sync += [first.eq(0), left.eq(left - count)]
-            with m.If(left == count):
-                m.d.sync += labelling.eq(0)
+        label_beats(m, self.read_data, packer, labelling, first, left, bb)
         # `writing` from the writer's command until it is idle again: then the row is in the buffer
         done = writing & writer.idle
         m.d.comb += self.row_done.eq(done)

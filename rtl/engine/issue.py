@@ -45,7 +45,7 @@ from llmfab.rtl.axi_master import TransferCommand
 from llmfab.rtl.interfaces import AXI_ADDR_WIDTH
 
 from .bytestream import Packer
-from .dma import stream_fifo
+from .dma import label_beats, stream_fifo
 from .isa_layout import COMPUTE_LAYOUT, HEADER_LAYOUT, MEMORY_LAYOUT, WORD_BITS
 
 WORD_BYTES = isa.WORD_BYTES
@@ -263,16 +263,7 @@ class Fetcher(wiring.Component):
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [pending_cmd.eq(0), labelling.eq(1), first.eq(addr[:shift] if shift else 0), left.eq(nbytes),
                          issued.eq(issued + block), remaining.eq(remaining - block), in_flight.eq(block)]
-        count = Signal(range(bb + 1))
-        m.d.comb += count.eq(Mux(left < bb - first, left, bb - first))
-        chunk = packer.i.payload
-        m.d.comb += [packer.i.valid.eq(labelling & self.beats.valid), chunk.data.eq(self.beats.payload),
-                     chunk.first.eq(first), chunk.count.eq(count), chunk.last.eq(left == count),
-                     self.beats.ready.eq(labelling & packer.i.ready)]
-        with m.If(packer.i.valid & packer.i.ready):
-            m.d.sync += [first.eq(0), left.eq(left - count)]
-            with m.If(left == count):
-                m.d.sync += labelling.eq(0)
+        label_beats(m, self.beats, packer, labelling, first, left, bb)
         # words into the queue (room was reserved before the read was issued)
         m.d.comb += [queue.i.valid.eq(packer.o.valid), queue.i.payload.word.eq(packer.o.payload.data),
                      queue.i.payload.addr.eq(received), packer.o.ready.eq(queue.i.ready)]

@@ -201,6 +201,15 @@ class MemoryUnit(wiring.Component):
             with m.Else():
                 m.d.sync += hbm_off.eq(hbm_off + inst.hbm_stride)
 
+        def locate(first_row):
+            """Start on table row `first_row`: its lane and quotient (divided by `sub` when striped)."""
+            with m.If(striped):
+                m.d.comb += [div.start.eq(1), div.dividend.eq(first_row), div.divisor.eq(inst.sub)]
+                m.next = "DIVIDE"
+            with m.Else():
+                m.d.sync += [quotient.eq(first_row), lane.eq(0)]
+                m.next = "PRODUCTS"
+
         m.d.comb += self.busy.eq(0)
         with m.FSM():
             with m.State("IDLE"):
@@ -270,22 +279,24 @@ class MemoryUnit(wiring.Component):
                     m.d.sync += run.eq(run + 1)
                 with m.Else():
                     m.d.sync += [row.eq(first), left.eq(count)]
-                    with m.If(striped):
-                        m.d.comb += [div.start.eq(1), div.dividend.eq(first), div.divisor.eq(inst.sub)]
-                        m.next = "DIVIDE"
-                    with m.Else():
-                        m.d.sync += [quotient.eq(first), lane.eq(0)]
-                        m.next = "PRODUCTS"
+                    locate(first)
             with m.State("DIVIDE"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(div.done):
                     m.d.sync += [quotient.eq(div.quotient), lane.eq(div.remainder)]
                     m.next = "PRODUCTS"
-            with m.State("PRODUCTS"):
+            with m.State("PRODUCTS"):  # the row's HBM offset (and, for a run, its buffer address)
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [hbm_off.eq(inst.hbm_offset + quotient * inst.hbm_stride),
-                             buf_at.eq(inst.buf_addr + Mux(buf_at_start, row, 0) * inst.buf_stride)]
-                m.next = "ROWS"
+                m.d.sync += hbm_off.eq(inst.hbm_offset + quotient * inst.hbm_stride)
+                if load:
+                    with m.If(is_rows):
+                        m.next = "ID_ROW"
+                    with m.Else():
+                        m.d.sync += buf_at.eq(inst.buf_addr + Mux(buf_at_start, row, 0) * inst.buf_stride)
+                        m.next = "ROWS"
+                else:
+                    m.d.sync += buf_at.eq(inst.buf_addr + Mux(buf_at_start, row, 0) * inst.buf_stride)
+                    m.next = "ROWS"
             with m.State("ROWS"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(self.abort):
@@ -326,21 +337,7 @@ class MemoryUnit(wiring.Component):
                         m.next = "DRAIN_IDS"
                     with m.Elif(ids.o.valid):
                         m.d.comb += ids.o.ready.eq(1)
-                        with m.If(striped):
-                            m.d.comb += [div.start.eq(1), div.dividend.eq(the_id), div.divisor.eq(inst.sub)]
-                            m.next = "ID_DIVIDE"
-                        with m.Else():
-                            m.d.sync += [quotient.eq(the_id), lane.eq(0)]
-                            m.next = "ID_PRODUCT"
-                with m.State("ID_DIVIDE"):
-                    m.d.comb += self.busy.eq(1)
-                    with m.If(div.done):
-                        m.d.sync += [quotient.eq(div.quotient), lane.eq(div.remainder)]
-                        m.next = "ID_PRODUCT"
-                with m.State("ID_PRODUCT"):
-                    m.d.comb += self.busy.eq(1)
-                    m.d.sync += hbm_off.eq(inst.hbm_offset + quotient * inst.hbm_stride)
-                    m.next = "ID_ROW"
+                        locate(the_id)
                 with m.State("ID_ROW"):
                     m.d.comb += self.busy.eq(1)
                     with m.If(~row_ok):
