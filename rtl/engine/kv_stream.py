@@ -162,7 +162,7 @@ class ScatterWriter(wiring.Component):
         return m
 
 
-def act32_lanes(payload: data.View, count, lanes: int) -> list:
+def replicated_act32_lanes(payload: data.View, count, lanes: int) -> list:
     """The ACT32 elements of a chunk as `lanes` signed values; lanes past the chunk's `count`
     elements repeat element 0 (so a lane statistic such as a minimum or maximum is unchanged)."""
     out = []

@@ -52,7 +52,8 @@ from llmfab.rtl.units.kv_quant import KvQuantizeUnit
 
 from .bytestream import ADDR_BITS
 from .kv_setup import Divide, SerialDivider, Step, align64, ceil_shift, setup_cycles, setup_states
-from .kv_stream import GatherReader, ScatterWriter, act32_lanes, layout_fifo
+from .kv_stream import GatherReader, ScatterWriter, layout_fifo, replicated_act32_lanes
+from .seq_support import Region, beyond_addresses, overlaps
 from .sequencer import Sequencer
 
 COPY, TOKEN, CHANNEL = 0, 1, 2  # job kinds
@@ -184,6 +185,7 @@ class KvQuantSequencer(Sequencer):
             raise AssertionError("KvQuantSequencer: the setup programs changed length; update the cycle constants")
 
         error = Signal(name="operand_error")
+        source = Region(inst.src0_buf, inst.src0_addr, t * 4 * w)  # read whole before the emulator writes
         built = 0
         for b in self.code_bits:
             built = built | (bits == b)
@@ -192,7 +194,8 @@ class KvQuantSequencer(Sequencer):
             | (~is_act32 & ~built) | (~is_act32 & ~kv8 & d[0])
             | (is_token & (d > self.max_head_dim))
             | (is_channel & ((block == 0) | (block > self.max_block) | (cap_rem != 0)))
-            | (p + t > cap) | (inst.dst_addr + region_end > kv_bytes))
+            | (p + t > cap) | (inst.dst_addr + region_end > kv_bytes)
+            | beyond_addresses(source) | overlaps(source, Region(KV, inst.dst_addr, region_end)))
 
         # ------------------------------------------------------------ jobs: control -> issuer, writes
         jobs, job_w, job_r = layout_fifo(m, "jobs", self._job_layout(), 2)
@@ -345,7 +348,7 @@ class KvQuantSequencer(Sequencer):
         # ------------------------------------------------------------ beats to the units
         chunk = reader.o.payload
         chunk_last, chunk_kind = chunk.tag[0], chunk.tag[1:3]
-        values = act32_lanes(chunk.data, chunk.count >> 2, lanes)
+        values = replicated_act32_lanes(chunk.data, chunk.count >> 2, lanes)
         copy_valid, copy_ready = Signal(name="copy_valid"), Signal(name="copy_ready")
         ready = Mux(chunk_kind == COPY, copy_ready, 0)
         m.d.comb += copy_valid.eq(reader.o.valid & (chunk_kind == COPY))

@@ -106,6 +106,7 @@ ERRORS = [  # (name, instruction changes, rows, position): operands the sequence
     ("past_capacity", dict(), 3, 14),
     ("dst_not_kv", dict(dst_buf=ACT), 1, 0),
     ("region_past_buffer", dict(dst_addr=TINY.buffers.words[Buffer.KV] * TINY.word_bytes - 64), 1, 0),
+    ("source_in_region", dict(src0_buf=KV, src0_addr=40), 1, 0),
 ]
 
 
