@@ -28,7 +28,6 @@ emulator ignores them.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import wiring
 
 from llmfab.compiler.isa import Flag, Opcode
 from llmfab.compiler.memory_plan import EMBED_HEADER_BYTES
@@ -38,7 +37,18 @@ from llmfab.sim.fixed_point import ACT32
 
 from .bytestream import ByteWriter, WordReader
 from .geometry import ACT32_BYTES
-from .seq_support import Region, beyond_addresses, lane_values, overlaps, row_commands, side_channel, too_long
+from .seq_support import (
+    Region,
+    attach,
+    beyond_addresses,
+    control,
+    lane_values,
+    overlaps,
+    row_commands,
+    row_tracker,
+    side_channel,
+    too_long,
+)
 from .sequencer import ROWS_BITS, Sequencer
 
 FIXED_CYCLES = 6  # cycles before the first chunk enters the unit, see the docstring
@@ -92,9 +102,7 @@ class EmbedSequencer(Sequencer):
         m.submodules.codes = codes = WordReader(g.buffers, lanes)
         m.submodules.dst = dst = ByteWriter(g.buffers, out_bytes)
         m.submodules.unit = unit = EmbedUnit(lanes)
-        wiring.connect(m, codes.port, wiring.flipped(self.read[0]))
-        wiring.connect(m, headers.port, wiring.flipped(self.read[1]))
-        wiring.connect(m, dst.port, wiring.flipped(self.write))
+        attach(m, self, codes, headers, dst)
 
         inst, rows = self.inst, self.rows
         out_total = Signal(ROWS_BITS + 18)
@@ -125,35 +133,10 @@ class EmbedSequencer(Sequencer):
 
         # results to dst; the last chunk of the last row closes the transfer
         count, row_last = side[:len(chunk.count)], side[len(chunk.count)]
-        rows_out = Signal(ROWS_BITS)
-        final = row_last & (rows_out == rows - 1)
-        final_taken = Signal()
+        on_last_row, final_taken = row_tracker(m, go, dst.i.valid & dst.i.ready & row_last, rows)
         m.d.comb += [dst.i.valid.eq(unit.o.valid), unit.o.ready.eq(dst.i.ready),
                      dst.i.payload.data.eq(Cat(*(unit.o.payload.y[k] for k in range(lanes)))),
-                     dst.i.payload.count.eq(count * ACT32_BYTES), dst.i.payload.last.eq(final)]
-        with m.If(go):
-            m.d.sync += [rows_out.eq(0), final_taken.eq(0)]
-        with m.Elif(dst.i.valid & dst.i.ready & row_last):
-            m.d.sync += rows_out.eq(rows_out + 1)
-            with m.If(final):
-                m.d.sync += final_taken.eq(1)
-
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.If((rows == 0) | (inst.cols == 0)):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Elif(bad):
-                    m.d.comb += [self.done.eq(1), self.error.eq(1)]
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.comb += go.eq(1)
-                    m.next = "RUN"
-            with m.State("RUN"):
-                with m.If(final_taken & dst.idle):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
+                     dst.i.payload.count.eq(count * ACT32_BYTES), dst.i.payload.last.eq(row_last & on_last_row)]
+        control(m, self, rejected=0, empty=(rows == 0) | (inst.cols == 0), bad=bad, go=go,
+                finished=final_taken & dst.idle)
         return m

@@ -31,16 +31,24 @@ emulator rejects both even when `rows = 0`), `cols > max_cols` (the unit's row b
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
-from amaranth.lib import wiring
 
 from llmfab.compiler.isa import ActWidth, Opcode
 from llmfab.compiler.memory_plan import A8_HEADER_BYTES
 from llmfab.rtl.units.requantize import RequantizeUnit
 
-from .bytestream import ByteWriter, WordReader
 from .geometry import ACT32_BYTES
-from .seq_support import Region, beyond_addresses, lane_values, overlaps, row_commands, valid_lanes_mask
-from .sequencer import ROWS_BITS, Sequencer
+from .seq_support import (
+    LimitedSequencer,
+    Region,
+    act32_lanes,
+    act32_streams,
+    beyond_addresses,
+    control,
+    overlaps,
+    row_commands,
+    row_lanes,
+    row_tracker,
+)
 
 FIXED_CYCLES = 7
 HEADER_CYCLES = 1
@@ -51,14 +59,11 @@ def align8(value):
     return ((value + 7) >> 3) << 3
 
 
-class RequantSequencer(Sequencer):
-    """Executes REQUANT (see the module docstring); rows of up to `max_cols` elements."""
+class RequantSequencer(LimitedSequencer):
+    """Executes REQUANT (see the module docstring); rows of up to `limit` (max_cols) elements."""
 
     OPCODES = (Opcode.REQUANT,)
-
-    def __init__(self, geometry, max_cols: int = DEFAULT_MAX_COLS):
-        self.max_cols = max_cols
-        super().__init__(geometry)
+    DEFAULT_LIMIT = DEFAULT_MAX_COLS
 
     @classmethod
     def cycles(cls, rows: int, cols: int, lanes: int) -> int:
@@ -68,14 +73,9 @@ class RequantSequencer(Sequencer):
 
     def elaborate(self, platform):
         m = Module()
-        g = self.geometry
-        lanes = g.sfu_lanes
-        chunk_bytes = ACT32_BYTES * lanes
-        m.submodules.src = src = WordReader(g.buffers, chunk_bytes)
-        m.submodules.dst = dst = ByteWriter(g.buffers, chunk_bytes)
-        m.submodules.unit = unit = RequantizeUnit(lanes, -(-self.max_cols // lanes), widths=(8, 16))
-        wiring.connect(m, src.port, wiring.flipped(self.read[0]))
-        wiring.connect(m, dst.port, wiring.flipped(self.write))
+        lanes = self.geometry.sfu_lanes
+        src, dst = act32_streams(m, self, 1)
+        m.submodules.unit = unit = RequantizeUnit(lanes, -(-self.limit // lanes), widths=(8, 16))
 
         inst, rows = self.inst, self.rows
         wide = inst.mode == ActWidth.A16
@@ -87,7 +87,7 @@ class RequantSequencer(Sequencer):
         src_region = Region(inst.src0_buf, inst.src0_addr, rows * row_in)
         dst_region = Region(inst.dst_buf, inst.dst_addr, (rows - 1) * stride_out + row_out)
         rejected = (inst.mode > ActWidth.A16) | (inst.cols == 0)
-        bad = (inst.cols > self.max_cols) | overlaps(dst_region, src_region) | beyond_addresses(src_region) | \
+        bad = (inst.cols > self.limit) | overlaps(dst_region, src_region) | beyond_addresses(src_region) | \
             beyond_addresses(dst_region)
 
         go = Signal()
@@ -95,18 +95,13 @@ class RequantSequencer(Sequencer):
         row_commands(m, dst.cmd, go, inst.dst_buf, inst.dst_addr, stride_out, row_out, rows, "dst")
 
         chunk = src.o.payload
-        valid = valid_lanes_mask(chunk.count, ACT32_BYTES, lanes)
-        for lane, x in enumerate(lane_values(chunk.data, 32, lanes)):
-            m.d.comb += unit.i.payload.x[lane].eq(Mux(valid[lane], x, 0))
+        m.d.comb += [unit.i.payload.x[lane].eq(x) for lane, x in enumerate(act32_lanes(chunk, lanes))]
         m.d.comb += [unit.i.payload.last.eq(chunk.last), unit.i.valid.eq(src.o.valid), src.o.ready.eq(unit.i.ready)]
 
         # per output row: the header chunk, then the codes; lanes past the row's end are not written
         out = unit.o.payload
         header_next = Signal()
-        rows_out = Signal(ROWS_BITS)
-        final_taken = Signal()
-        last_lanes = (inst.cols - 1) % lanes + 1
-        lanes_out = Mux(out.last, last_lanes, lanes)
+        lanes_out = row_lanes(out.last, inst.cols, lanes)
         codes8 = Cat(*(out.q[k][:8] for k in range(lanes)))
         codes16 = Cat(*(out.q[k] for k in range(lanes)))
         mantissa32, exponent32 = Signal(32), Signal(signed(32))
@@ -117,31 +112,11 @@ class RequantSequencer(Sequencer):
             m.d.comb += [dst.i.payload.data.eq(Mux(wide, codes16, codes8)),
                          dst.i.payload.count.eq(Mux(wide, lanes_out << 1, lanes_out)),
                          dst.i.payload.last.eq(out.last), unit.o.ready.eq(dst.i.ready)]
-        final = out.last & (rows_out == rows - 1)
+        taken = dst.i.valid & dst.i.ready
+        _, final_taken = row_tracker(m, go, taken & ~header_next & out.last, rows)
         with m.If(go):
-            m.d.sync += [header_next.eq(1), rows_out.eq(0), final_taken.eq(0)]
-        with m.Elif(dst.i.valid & dst.i.ready):
-            with m.If(header_next):
-                m.d.sync += header_next.eq(0)
-            with m.Elif(out.last):
-                m.d.sync += [header_next.eq(1), rows_out.eq(rows_out + 1), final_taken.eq(final)]
-
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.If(rejected | ((rows != 0) & bad)):
-                    m.d.comb += [self.done.eq(1), self.error.eq(1)]
-                    m.next = "IDLE"
-                with m.Elif(rows == 0):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.comb += go.eq(1)
-                    m.next = "RUN"
-            with m.State("RUN"):
-                with m.If(final_taken & dst.idle):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
+            m.d.sync += header_next.eq(1)
+        with m.Elif(taken):
+            m.d.sync += header_next.eq(~header_next & out.last)
+        control(m, self, rejected=rejected, empty=rows == 0, bad=bad, go=go, finished=final_taken & dst.idle)
         return m

@@ -36,42 +36,43 @@ done in the check cycle, nothing accessed.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import wiring
 
 from llmfab.compiler.isa import Opcode
 from llmfab.compiler.memory_plan import NORM_HEADER_BYTES
 from llmfab.rtl.units.rmsnorm import EPS_BITS, RmsNormUnit
 from llmfab.sim.vector_ops import GAMMA_BITS
 
-from .bytestream import ByteWriter, WordReader
 from .geometry import ACT32_BYTES
 from .seq_support import (
+    LimitedSequencer,
     Region,
+    act32_lanes,
+    act32_streams,
     beyond_addresses,
+    control,
     fits_signed,
     lane_values,
+    lanes_fit,
     overlaps,
     row_commands,
+    row_lanes,
+    row_tracker,
     same_region,
     store_chunk,
     too_long,
-    valid_lanes_mask,
 )
-from .sequencer import ROWS_BITS, Sequencer
+from .sequencer import ROWS_BITS
 
 FIXED_CYCLES = 12  # see the docstring's cycle formula
 DEFAULT_MAX_COLS = 8192  # docs/numerics.md §6.3 sizes the 48-bit sum of squares for n <= 8192
 SHIFT_BITS = 8  # gain_shift, sqrt_n_shift: int8 ports of the unit
 
 
-class RmsNormSequencer(Sequencer):
-    """Executes RMSNORM (see the module docstring); rows of up to `max_cols` elements."""
+class RmsNormSequencer(LimitedSequencer):
+    """Executes RMSNORM (see the module docstring); rows of up to `limit` (max_cols) elements."""
 
     OPCODES = (Opcode.RMSNORM,)
-
-    def __init__(self, geometry, max_cols: int = DEFAULT_MAX_COLS):
-        self.max_cols = max_cols
-        super().__init__(geometry)
+    DEFAULT_LIMIT = DEFAULT_MAX_COLS
 
     @classmethod
     def cycles(cls, rows: int, cols: int, lanes: int, record_addr: int = 0) -> int:
@@ -85,16 +86,10 @@ class RmsNormSequencer(Sequencer):
 
     def elaborate(self, platform):
         m = Module()
-        g = self.geometry
-        lanes = g.sfu_lanes
+        lanes = self.geometry.sfu_lanes
         chunk_bytes = ACT32_BYTES * lanes
-        m.submodules.src = src = WordReader(g.buffers, chunk_bytes)
-        m.submodules.wgt = wgt = WordReader(g.buffers, chunk_bytes)
-        m.submodules.dst = dst = ByteWriter(g.buffers, chunk_bytes)
-        m.submodules.unit = unit = RmsNormUnit(lanes, -(-self.max_cols // lanes))
-        wiring.connect(m, src.port, wiring.flipped(self.read[0]))
-        wiring.connect(m, wgt.port, wiring.flipped(self.read[1]))
-        wiring.connect(m, dst.port, wiring.flipped(self.write))
+        src, wgt, dst = act32_streams(m, self, 2)
+        m.submodules.unit = unit = RmsNormUnit(lanes, -(-self.limit // lanes))
 
         inst, rows = self.inst, self.rows
         row_bytes = Signal(18)
@@ -103,7 +98,7 @@ class RmsNormSequencer(Sequencer):
         src_region = Region(inst.src0_buf, inst.src0_addr, total)
         dst_region = Region(inst.dst_buf, inst.dst_addr, total)
         record = Region(inst.src1_buf, inst.src1_addr, NORM_HEADER_BYTES + row_bytes)
-        bad = ((inst.cols > self.max_cols) | (overlaps(dst_region, src_region) & ~same_region(dst_region, src_region))
+        bad = ((inst.cols > self.limit) | (overlaps(dst_region, src_region) & ~same_region(dst_region, src_region))
                | overlaps(dst_region, record) | beyond_addresses(src_region) | beyond_addresses(dst_region)
                | beyond_addresses(record) | too_long(total))
 
@@ -132,61 +127,40 @@ class RmsNormSequencer(Sequencer):
 
         # rows and gains in lock-step into the unit
         x_chunk, g_chunk = src.o.payload, wgt.o.payload
-        valid = valid_lanes_mask(x_chunk.count, ACT32_BYTES, lanes)
         take = Signal()
         gain_bad = Signal()
-        lanes_ok = []
-        for lane, (x, gain) in enumerate(zip(lane_values(x_chunk.data, 32, lanes), lane_values(g_chunk.data, 32, lanes))):
-            m.d.comb += [unit.i.payload.x[lane].eq(Mux(valid[lane], x, 0)),
-                         unit.i.payload.gain[lane].eq(Mux(valid[lane], gain[:GAMMA_BITS], 0))]
-            lanes_ok.append(~valid[lane] | fits_signed(gain, GAMMA_BITS))
+        for lane, (x, gain) in enumerate(zip(act32_lanes(x_chunk, lanes), lane_values(g_chunk.data, 32, lanes))):
+            m.d.comb += [unit.i.payload.x[lane].eq(x), unit.i.payload.gain[lane].eq(gain[:GAMMA_BITS])]
         m.d.comb += [unit.i.payload.last.eq(x_chunk.last), unit.i.valid.eq(gains_phase & src.o.valid & wgt.o.valid),
                      take.eq(unit.i.valid & unit.i.ready), src.o.ready.eq(take),
                      wgt.o.ready.eq(Mux(gains_phase, take, take_header))]
+        with m.If(go_rows):
+            m.d.sync += gain_bad.eq(0)
+        with m.Elif(take & ~lanes_fit(g_chunk, GAMMA_BITS, lanes)):
+            m.d.sync += gain_bad.eq(1)
 
-        rows_out = Signal(ROWS_BITS)
-        final_taken = Signal()
         out = unit.o.payload
-        final = out.last & (rows_out == rows - 1)
-        lanes_out = Mux(out.last, (inst.cols - 1) % lanes + 1, lanes)
+        on_last_row, final_taken = row_tracker(m, go_rows, dst.i.valid & dst.i.ready & out.last, rows)
         m.d.comb += [dst.i.valid.eq(unit.o.valid), unit.o.ready.eq(dst.i.ready),
                      dst.i.payload.data.eq(Cat(*(out.y[k] for k in range(lanes)))),
-                     dst.i.payload.count.eq(lanes_out * ACT32_BYTES), dst.i.payload.last.eq(final)]
-        with m.If(go_rows):
-            m.d.sync += [rows_out.eq(0), final_taken.eq(0), gain_bad.eq(0)]
-        with m.Else():
-            with m.If(dst.i.valid & dst.i.ready & out.last):
-                m.d.sync += [rows_out.eq(rows_out + 1), final_taken.eq(final)]
-            with m.If(take & ~Cat(*lanes_ok).all()):
-                m.d.sync += gain_bad.eq(1)
+                     dst.i.payload.count.eq(row_lanes(out.last, inst.cols, lanes) * ACT32_BYTES),
+                     dst.i.payload.last.eq(out.last & on_last_row)]
 
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.If((inst.cols == 0) | ((rows != 0) & bad)):
-                    m.d.comb += [self.done.eq(1), self.error.eq(1)]
-                    m.next = "IDLE"
-                with m.Elif(rows == 0):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.comb += go_header.eq(1)
-                    m.next = "HEADER"
+        def enter(m):
+            m.d.comb += go_header.eq(1)
+            m.next = "HEADER"
+
+        def states(m, run, fail):
             with m.State("HEADER"):
                 m.d.comb += take_header.eq(wgt.o.valid)
                 with m.If(take_header & wgt.o.payload.last):
                     m.next = "FIELDS"
             with m.State("FIELDS"):
                 with m.If(header_bad):
-                    m.d.comb += [self.done.eq(1), self.error.eq(1)]
-                    m.next = "IDLE"
+                    fail()
                 with m.Else():
-                    m.d.comb += go_rows.eq(1)
-                    m.next = "RUN"
-            with m.State("RUN"):
-                with m.If(final_taken & dst.idle):
-                    m.d.comb += [self.done.eq(1), self.error.eq(gain_bad)]
-                    m.next = "IDLE"
+                    run()
+
+        control(m, self, rejected=inst.cols == 0, empty=rows == 0, bad=bad, go=go_rows,
+                finished=final_taken & dst.idle, late_error=gain_bad, prepare=(enter, states))
         return m

@@ -42,26 +42,31 @@ otherwise: done in the check cycle, nothing accessed.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, Value, unsigned
-from amaranth.lib import fifo, wiring
+from amaranth.lib import fifo
 from amaranth.lib.memory import Memory
 
 from llmfab.compiler.isa import Opcode
 from llmfab.rtl.units.rope import RopeUnit
 from llmfab.sim.fixed_point import TRIG18
 
-from .bytestream import ADDR_BITS, ByteWriter, WordReader
+from .bytestream import ADDR_BITS
 from .geometry import ACT32_BYTES
 from .seq_support import (
+    LimitedSequencer,
     Region,
+    act32_streams,
     beyond_addresses,
-    fits_signed,
+    control,
     lane_values,
+    lanes_fit,
     overlaps,
+    row_commands,
+    row_tracker,
     same_region,
     side_channel,
     too_long,
 )
-from .sequencer import ROWS_BITS, Sequencer
+from .sequencer import ROWS_BITS
 
 DEFAULT_MAX_DEPTH = 256
 FIXED_CYCLES = 10  # see the docstring's cycle formula
@@ -92,14 +97,11 @@ def _commands(m: Module, cmd, go: Value, inst, rows, heads, offset, name: str) -
                 m.d.sync += [table_next.eq(1), rows_left.eq(rows_left - 1)]
 
 
-class RopeSequencer(Sequencer):
-    """Executes ROPE (see the module docstring); heads of up to `max_depth` elements."""
+class RopeSequencer(LimitedSequencer):
+    """Executes ROPE (see the module docstring); heads of up to `limit` (max_depth) elements."""
 
     OPCODES = (Opcode.ROPE,)
-
-    def __init__(self, geometry, max_depth: int = DEFAULT_MAX_DEPTH):
-        self.max_depth = max_depth
-        super().__init__(geometry)
+    DEFAULT_LIMIT = DEFAULT_MAX_DEPTH
 
     @classmethod
     def queue_depth(cls, lanes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> int:
@@ -115,17 +117,10 @@ class RopeSequencer(Sequencer):
 
     def elaborate(self, platform):
         m = Module()
-        g = self.geometry
-        lanes = g.sfu_lanes
-        chunk_bytes = ACT32_BYTES * lanes
-        half_beats = -(-self.max_depth // (2 * lanes))
-        m.submodules.x1 = x1r = WordReader(g.buffers, chunk_bytes)
-        m.submodules.x2 = x2r = WordReader(g.buffers, chunk_bytes)
-        m.submodules.dst = dst = ByteWriter(g.buffers, chunk_bytes)
+        lanes = self.geometry.sfu_lanes
+        half_beats = -(-self.limit // (2 * lanes))
+        x1r, x2r, dst = act32_streams(m, self, 2)
         m.submodules.unit = unit = RopeUnit(lanes)
-        wiring.connect(m, x1r.port, wiring.flipped(self.read[0]))
-        wiring.connect(m, x2r.port, wiring.flipped(self.read[1]))
-        wiring.connect(m, dst.port, wiring.flipped(self.write))
         tables = []
         for name in ("cos", "sin"):
             memory = Memory(shape=unsigned(TRIG18.bits * lanes), depth=half_beats, init=[])
@@ -139,7 +134,7 @@ class RopeSequencer(Sequencer):
         dst_region = Region(inst.dst_buf, inst.dst_addr, total)
         table_region = Region(inst.src1_buf, inst.src1_addr, rows * depth * ACT32_BYTES)
         rejected = (depth == 0) | depth[0]
-        bad = ((depth > self.max_depth) | (overlaps(dst_region, src_region) & ~same_region(dst_region, src_region))
+        bad = ((depth > self.limit) | (overlaps(dst_region, src_region) & ~same_region(dst_region, src_region))
                | overlaps(dst_region, table_region) | beyond_addresses(src_region) | beyond_addresses(dst_region)
                | beyond_addresses(table_region) | too_long(total))
 
@@ -150,13 +145,7 @@ class RopeSequencer(Sequencer):
         go = Signal()
         _commands(m, x1r.cmd, go, inst, rows, heads, 0, "x1")
         _commands(m, x2r.cmd, go, inst, rows, heads, depth * 2, "x2")
-        dst_go = Signal()
-        m.d.comb += [dst.cmd.valid.eq(dst_go), dst.cmd.payload.buf.eq(inst.dst_buf),
-                     dst.cmd.payload.addr.eq(inst.dst_addr), dst.cmd.payload.nbytes.eq(total)]
-        with m.If(go):
-            m.d.sync += dst_go.eq(1)
-        with m.Elif(dst.cmd.ready):
-            m.d.sync += dst_go.eq(0)
+        row_commands(m, dst.cmd, go, inst.dst_buf, inst.dst_addr, 0, total, 1, "dst")
 
         # input side: a token's table, then its heads' halves in lock-step through the unit
         in_heads = Signal(DEPTH_BITS)
@@ -170,8 +159,7 @@ class RopeSequencer(Sequencer):
             chunk = reader.o.payload
             take_table = loading & reader.o.valid & ~have
             values = lane_values(chunk.data, 32, lanes)
-            in_range = Cat(*((chunk.count < ACT32_BYTES * (k + 1)) | fits_signed(v, TRIG18.bits)
-                             for k, v in enumerate(values))).all()
+            in_range = lanes_fit(chunk, TRIG18.bits, lanes)
             m.d.comb += [write.addr.eq(at), write.data.eq(Cat(*(v[:TRIG18.bits] for v in values))),
                          write.en.eq(take_table), read.addr.eq(beat)]
             with m.If(take_table):
@@ -207,7 +195,7 @@ class RopeSequencer(Sequencer):
         count, half_last = side[:count_bits], side[count_bits]
         halves = []
         for name, field in (("first", "o1"), ("second", "o2")):
-            queue = fifo.SyncFIFO(width=entry_bits, depth=self.queue_depth(lanes, self.max_depth))
+            queue = fifo.SyncFIFO(width=entry_bits, depth=self.queue_depth(lanes, self.limit))
             m.submodules[name] = queue
             lanes_data = Cat(*(unit.o.payload[field][k] for k in range(lanes)))
             m.d.comb += [queue.w_en.eq(unit.o.valid & unit.o.ready), queue.w_data.eq(Cat(lanes_data, count, half_last))]
@@ -216,52 +204,36 @@ class RopeSequencer(Sequencer):
         m.d.comb += unit.o.ready.eq(first.w_rdy & second.w_rdy)
         second_half = Signal()
         out_heads = Signal(DEPTH_BITS)
-        out_rows = Signal(ROWS_BITS)
         entry = Mux(second_half, second.r_data, first.r_data)
         entry_count, entry_last = entry[32 * lanes:32 * lanes + count_bits], entry[-1]
-        final = second_half & entry_last & (out_heads == heads - 1) & (out_rows == rows - 1)
-        final_taken = Signal()
+        head_done = dst.i.valid & dst.i.ready & second_half & entry_last
+        on_last_row, final_taken = row_tracker(m, go, head_done & (out_heads == heads - 1), rows)
         m.d.comb += [dst.i.valid.eq(Mux(second_half, second.r_rdy, first.r_rdy)),
                      dst.i.payload.data.eq(entry[:32 * lanes]), dst.i.payload.count.eq(entry_count),
-                     dst.i.payload.last.eq(final), first.r_en.eq(~second_half & dst.i.ready),
-                     second.r_en.eq(second_half & dst.i.ready)]
+                     dst.i.payload.last.eq(second_half & entry_last & (out_heads == heads - 1) & on_last_row),
+                     first.r_en.eq(~second_half & dst.i.ready), second.r_en.eq(second_half & dst.i.ready)]
         with m.If(dst.i.valid & dst.i.ready & entry_last):
             m.d.sync += second_half.eq(~second_half)
-            with m.If(second_half):
-                m.d.sync += [out_heads.eq(Mux(out_heads == heads - 1, 0, out_heads + 1)), final_taken.eq(final)]
-                with m.If(out_heads == heads - 1):
-                    m.d.sync += out_rows.eq(out_rows + 1)
+        with m.If(head_done):
+            m.d.sync += out_heads.eq(Mux(out_heads == heads - 1, 0, out_heads + 1))
 
         with m.If(go):
             m.d.sync += [loading.eq(1), got[0].eq(0), got[1].eq(0), index[0].eq(0), index[1].eq(0), beat.eq(0),
-                         in_heads.eq(0), second_half.eq(0), out_heads.eq(0), out_rows.eq(0), final_taken.eq(0),
-                         table_bad.eq(0)]
+                         in_heads.eq(0), second_half.eq(0), out_heads.eq(0), table_bad.eq(0)]
 
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.If(rejected | ((rows != 0) & (inst.cols != 0) & bad)):
-                    m.d.comb += [self.done.eq(1), self.error.eq(1)]
-                    m.next = "IDLE"
-                with m.Elif((rows == 0) | (inst.cols == 0)):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += [heads.eq(1), covered.eq(depth)]
-                    m.next = "SHAPE"
+        def enter(m):
+            m.d.sync += [heads.eq(1), covered.eq(depth)]
+            m.next = "SHAPE"
+
+        def states(m, run, fail):
             with m.State("SHAPE"):
                 with m.If(covered == inst.cols):
-                    m.d.comb += go.eq(1)
-                    m.next = "RUN"
+                    run()
                 with m.Elif(covered > inst.cols):
-                    m.d.comb += [self.done.eq(1), self.error.eq(1)]
-                    m.next = "IDLE"
+                    fail()
                 with m.Else():
                     m.d.sync += [heads.eq(heads + 1), covered.eq(covered + depth)]
-            with m.State("RUN"):
-                with m.If(final_taken & dst.idle):
-                    m.d.comb += [self.done.eq(1), self.error.eq(table_bad)]
-                    m.next = "IDLE"
+
+        control(m, self, rejected=rejected, empty=(rows == 0) | (inst.cols == 0), bad=bad, go=go,
+                finished=final_taken & dst.idle, late_error=table_bad, prepare=(enter, states))
         return m

@@ -8,7 +8,11 @@
 - `row_commands`: a generator of one range command per row, `base + r · stride` (r = 0 … count−1).
 - `store_chunk`: collects a packed transfer (a record header) into a register.
 - `side_channel`: a FIFO beside a lane unit carrying per-beat values (byte counts, flags) past it.
-- `lane_values`, `valid_lanes_mask`: the lanes of a packed chunk and which of them hold data.
+- `lane_values`, `valid_lanes_mask`, `row_lanes`: the lanes of a packed chunk and which of them
+  hold data.
+- `LimitedSequencer`, `attach`, `act32_streams`, `control`, `row_tracker`: the common frame of the
+  sequencers (their build-time size limit, port wiring, the check-run-done FSM, the count of rows
+  written).
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Module, Mux, Signal, Value
-from amaranth.lib import fifo
+from amaranth.lib import fifo, wiring
 
-from .bytestream import ADDR_BITS, LENGTH_BITS
-from .sequencer import ROWS_BITS
+from .bytestream import ADDR_BITS, LENGTH_BITS, ByteWriter, WordReader
+from .sequencer import ROWS_BITS, Sequencer
 
 
 @dataclass
@@ -110,3 +114,109 @@ def fits_signed(value: Value, bits: int) -> Value:
     """A signed value lies in the `bits`-bit two's-complement range."""
     top = value[bits - 1:]
     return (top == 0) | top.all()
+
+
+class LimitedSequencer(Sequencer):
+    """A sequencer with one size its buffers are built for: `limit` (default `DEFAULT_LIMIT`), the
+    longest row (RMSNORM, REQUANT) or head (ROPE) it executes; a larger operand raises `error`."""
+
+    DEFAULT_LIMIT: int = 0
+
+    def __init__(self, geometry, limit: int | None = None):
+        self.limit = limit or self.DEFAULT_LIMIT
+        super().__init__(geometry)
+
+
+def attach(m: Module, sequencer: Sequencer, read0=None, read1=None, write=None) -> None:
+    """Connect the readers' and the writer's ports to the sequencer's buffer ports (an unused port
+    stays at rest)."""
+    for port, user in ((sequencer.read[0], read0), (sequencer.read[1], read1), (sequencer.write, write)):
+        if user is not None:
+            wiring.connect(m, user.port, wiring.flipped(port))
+
+
+def control(m: Module, sequencer: Sequencer, *, rejected: Value, empty: Value, bad: Value, go: Value,
+            finished: Value, late_error: Value = 0, prepare=None) -> None:
+    """The sequencers' FSM. `start` leads to CHECK, which answers `done` with `error` for `rejected`
+    (whatever the row count) or, unless `empty`, for `bad`; `done` alone for `empty`; otherwise
+    it starts the run (`go` for one cycle, then RUN until `finished`, where `done` comes with
+    `late_error`). `prepare = (enter, states)` puts states between CHECK and RUN: `enter(m)` runs
+    in CHECK instead of starting the run, `states(m, run, fail)` adds the states, which call
+    `run()` to start the run or `fail()` to answer `error`."""
+    def run():
+        m.d.comb += go.eq(1)
+        m.next = "RUN"
+
+    def fail():
+        m.d.comb += [sequencer.done.eq(1), sequencer.error.eq(1)]
+        m.next = "IDLE"
+
+    with m.FSM():
+        with m.State("IDLE"):
+            with m.If(sequencer.start):
+                m.next = "CHECK"
+        with m.State("CHECK"):
+            with m.If(rejected | (~empty & bad)):
+                fail()
+            with m.Elif(empty):
+                m.d.comb += sequencer.done.eq(1)
+                m.next = "IDLE"
+            with m.Else():
+                if prepare is None:
+                    run()
+                else:
+                    prepare[0](m)
+        if prepare is not None:
+            prepare[1](m, run, fail)
+        with m.State("RUN"):
+            with m.If(finished):
+                m.d.comb += [sequencer.done.eq(1), sequencer.error.eq(late_error)]
+                m.next = "IDLE"
+
+
+def row_tracker(m: Module, go: Value, row_done: Value, rows: Value) -> tuple[Value, Signal]:
+    """Counts the rows whose last chunk the writer took (`row_done`) since `go`. Returns (the
+    writer is on the last row, the last row's last chunk was taken)."""
+    count = Signal(ROWS_BITS, name="rows_out")
+    final_taken = Signal(name="final_taken")
+    on_last = count == rows - 1
+    with m.If(go):
+        m.d.sync += [count.eq(0), final_taken.eq(0)]
+    with m.Elif(row_done):
+        m.d.sync += count.eq(count + 1)
+        with m.If(on_last):
+            m.d.sync += final_taken.eq(1)
+    return on_last, final_taken
+
+
+def row_lanes(last: Value, cols: Value, lanes: int) -> Value:
+    """Lanes holding data in a chunk of a row of `cols` elements: all but in its last chunk."""
+    return Mux(last, (cols - 1) % lanes + 1, lanes)
+
+
+def act32_lanes(chunk, lanes: int) -> list[Value]:
+    """The ACT32 lanes of a packed chunk, 0 past its `count` bytes (a row statistic must not see
+    what lies after the row's end)."""
+    valid = valid_lanes_mask(chunk.count, 4, lanes)
+    return [Mux(valid[k], x, 0) for k, x in enumerate(lane_values(chunk.data, 32, lanes))]
+
+
+def lanes_fit(chunk, bits: int, lanes: int) -> Value:
+    """Every int32 lane of a packed chunk within its `count` bytes lies in the `bits`-bit signed
+    range (a table value or gain a narrower port of the unit can take)."""
+    valid = valid_lanes_mask(chunk.count, 4, lanes)
+    return Cat(*(~valid[k] | fits_signed(v, bits) for k, v in enumerate(lane_values(chunk.data, 32, lanes)))).all()
+
+
+def act32_streams(m: Module, sequencer: Sequencer, readers: int) -> tuple:
+    """`readers` WordReaders (on `read[0]`, then `read[1]`) and a ByteWriter (on `write`) moving
+    chunks of `sfu_lanes` ACT32 elements, added to `m` as `src0`, `src1`, `dst`."""
+    g = sequencer.geometry
+    chunk_bytes = 4 * g.sfu_lanes
+    streams = [WordReader(g.buffers, chunk_bytes) for _ in range(readers)]
+    writer = ByteWriter(g.buffers, chunk_bytes)
+    for name, user in zip(("src0", "src1"), streams):
+        m.submodules[name] = user
+    m.submodules.dst = writer
+    attach(m, sequencer, *(streams + [None] * (2 - readers)), writer)
+    return (*streams, writer)

@@ -50,3 +50,12 @@ def check_cases(sequencer: Sequencer, cases: list[Case], failing: set[str], simu
         assert named[name].cycles is not None, f"case {name}: no done"
         assert named[name].error, f"case {name}: expected error"
     return named
+
+
+def check_geometry(make_sequencer, make_cases, geometry: str, simulator: str, work, name: str, seed: int):
+    """Build the sequencer at GEOMETRIES[geometry] and check the cases `make_cases(lanes, seed)`
+    gives (cases, failing names); returns (geometry, cases, runs by name)."""
+    g = GEOMETRIES[geometry]
+    case_list, failing = make_cases(g.sfu_lanes, seed)
+    runs = check_cases(make_sequencer(g), case_list, failing, simulator, work, f"seq_{name}_{geometry}")
+    return g, case_list, runs

@@ -10,7 +10,7 @@ from llmfab.compiler.memory_plan import embed_stride
 from llmfab.rtl.engine.seq_embed import EmbedSequencer
 from llmfab.rtl.sim_runner import simulator_params
 from llmfab.tests.rtl.engine.bench import Case
-from llmfab.tests.rtl.engine.row_cases import ACT, GEOMETRIES, WGT, check_cases
+from llmfab.tests.rtl.engine.row_cases import ACT, GEOMETRIES, check_geometry
 
 
 def embedding_rows(rng, rows: int, cols: int, stride: int, shifts=None, extremes: bool = False) -> bytes:
@@ -64,8 +64,7 @@ def cases(lanes: int, seed: int) -> tuple[list[Case], set[str]]:
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
 @pytest.mark.parametrize("simulator", simulator_params())
 def test_embed_sequencer_equals_emulator(geometry, simulator, tmp_path):
-    g = GEOMETRIES[geometry]
-    case_list, failing = cases(g.sfu_lanes, 7)
-    runs = check_cases(EmbedSequencer(g), case_list, failing, simulator, tmp_path, f"seq_embed_{geometry}")
+    g, _, runs = check_geometry(EmbedSequencer, cases, geometry, simulator,
+                                        tmp_path, "embed", 7)
     assert runs["aligned"].cycles == EmbedSequencer.cycles(3, 4 * g.sfu_lanes, g.sfu_lanes)
     assert runs["no_rows"].cycles == runs["no_cols"].cycles == 1  # done in the check cycle

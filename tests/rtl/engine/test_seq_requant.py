@@ -11,7 +11,7 @@ from llmfab.compiler.memory_plan import act_row_stride
 from llmfab.rtl.engine.seq_requant import RequantSequencer
 from llmfab.rtl.sim_runner import simulator_params
 from llmfab.tests.rtl.engine.bench import Case
-from llmfab.tests.rtl.engine.row_cases import ACT, GEOMETRIES, act32_block, check_cases, int32_bytes
+from llmfab.tests.rtl.engine.row_cases import ACT, GEOMETRIES, act32_block, check_geometry, int32_bytes
 
 MAX_COLS = 64
 
@@ -53,9 +53,8 @@ def cases(lanes: int, seed: int) -> tuple[list[Case], set[str]]:
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
 @pytest.mark.parametrize("simulator", simulator_params())
 def test_requant_sequencer_equals_emulator(geometry, simulator, tmp_path):
-    g = GEOMETRIES[geometry]
-    case_list, failing = cases(g.sfu_lanes, 11)
-    runs = check_cases(RequantSequencer(g, MAX_COLS), case_list, failing, simulator, tmp_path, f"seq_requant_{geometry}")
+    g, _, runs = check_geometry(lambda g: RequantSequencer(g, MAX_COLS), cases, geometry, simulator,
+                                        tmp_path, "requant", 11)
     for width in ("a8", "a16"):
         assert runs[f"aligned_{width}"].cycles == RequantSequencer.cycles(3, 4 * g.sfu_lanes, g.sfu_lanes)
     assert runs["no_rows"].cycles == 1

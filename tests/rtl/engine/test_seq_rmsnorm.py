@@ -12,7 +12,7 @@ from llmfab.rtl.engine.seq_rmsnorm import RmsNormSequencer
 from llmfab.rtl.sim_runner import simulator_params
 from llmfab.sim.numerics import prepare_norm
 from llmfab.tests.rtl.engine.bench import Case
-from llmfab.tests.rtl.engine.row_cases import ACT, GEOMETRIES, WGT, act32_block, check_cases, int32_bytes
+from llmfab.tests.rtl.engine.row_cases import ACT, GEOMETRIES, WGT, act32_block, check_geometry, int32_bytes
 
 MAX_COLS = 48
 
@@ -74,8 +74,7 @@ def cases(lanes: int, seed: int) -> tuple[list[Case], set[str]]:
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
 @pytest.mark.parametrize("simulator", simulator_params())
 def test_rmsnorm_sequencer_equals_emulator(geometry, simulator, tmp_path):
-    g = GEOMETRIES[geometry]
-    case_list, failing = cases(g.sfu_lanes, 13)
-    runs = check_cases(RmsNormSequencer(g, MAX_COLS), case_list, failing, simulator, tmp_path, f"seq_rmsnorm_{geometry}")
+    g, _, runs = check_geometry(lambda g: RmsNormSequencer(g, MAX_COLS), cases, geometry, simulator,
+                                        tmp_path, "rmsnorm", 13)
     assert runs["aligned"].cycles == RmsNormSequencer.cycles(3, 4 * g.sfu_lanes, g.sfu_lanes)
     assert runs["no_rows"].cycles == 1

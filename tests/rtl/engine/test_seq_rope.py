@@ -11,7 +11,7 @@ from llmfab.rtl.sim_runner import simulator_params
 from llmfab.sim.fixed_point import TRIG18
 from llmfab.sim.numerics import rope_tables
 from llmfab.tests.rtl.engine.bench import Case
-from llmfab.tests.rtl.engine.row_cases import ACT, GEOMETRIES, WGT, act32_block, check_cases, int32_bytes
+from llmfab.tests.rtl.engine.row_cases import ACT, GEOMETRIES, WGT, act32_block, check_geometry, int32_bytes
 
 MAX_DEPTH = 32
 TRIG18_LIMITS = [TRIG18.min_int, TRIG18.max_int, 65536, -65536, 0, 1, -1]
@@ -73,9 +73,8 @@ def cases(lanes: int, seed: int) -> tuple[list[Case], set[str]]:
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
 @pytest.mark.parametrize("simulator", simulator_params())
 def test_rope_sequencer_equals_emulator(geometry, simulator, tmp_path):
-    g = GEOMETRIES[geometry]
-    case_list, failing = cases(g.sfu_lanes, 17)
-    runs = check_cases(RopeSequencer(g, MAX_DEPTH), case_list, failing, simulator, tmp_path, f"seq_rope_{geometry}")
+    g, case_list, runs = check_geometry(lambda g: RopeSequencer(g, MAX_DEPTH), cases, geometry, simulator,
+                                        tmp_path, "rope", 17)
     d = case_list[0].inst.depth
     assert runs["aligned"].cycles == RopeSequencer.cycles(2, 3 * d, d, g.sfu_lanes)
     assert runs["no_rows"].cycles == runs["no_cols"].cycles == 1
