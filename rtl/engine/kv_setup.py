@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Module, Signal, Value
+from amaranth.hdl import Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+
+from llmfab.compiler.isa import KvMode
 
 ALIGN = 64  # stream sections start at 64-byte offsets (compiler/weight_tiles.align)
 
@@ -110,3 +112,54 @@ def setup_states(m: Module, name: str, steps: list, divider: SerialDivider, then
                     m.d.sync += step.r.eq(divider.r)
                 m.next = names[k + 1]
     return names[0]
+
+
+WIDE = 48  # products of the layout arithmetic, before they are checked against the buffer size
+
+
+class StreamRegs:
+    """One dense stream region's layout (compiler/kv_layout.KvStreamLayout) as registers, and the
+    setup steps computing them from the stream's `mode` (KvMode), `kv` heads, `width` = KV·D,
+    `head_dim`, `block` B, `cap` and `kv8`:
+
+    - `steps_a` (3 steps): `code_row`, `head_bytes` (one head's codes), `stat_row`, `stats_offset`;
+    - `division`: `stat_blocks = cap div B`, `cap_rem` (per channel only; B must be nonzero);
+    - `steps_b` (3 steps): `staging_offset`, `end` (the region's bytes).
+
+    Extra assignments may be appended to a step's `assignments`.
+    """
+
+    def __init__(self, name: str, mode, kv, width, head_dim, block, cap, kv8):
+        self.mode = mode
+        self.act32, self.token, self.channel = (mode == int(KvMode.ACT32), mode == int(KvMode.KV4_TOKEN),
+                                                mode == int(KvMode.KV4_CHANNEL))
+        new = lambda field, width_=WIDE: Signal(width_, name=f"{name}_{field}")  # noqa: E731
+        self.code_row, self.head_bytes, self.stat_row = new("code_row", 20), new("head_bytes", 20), new("stat_row", 24)
+        self.stat_blocks, self.cap_rem = new("stat_blocks", 32), new("cap_rem", 24)
+        self.cap_codes, self.stats_offset, self.stat_bytes = new("cap_codes"), new("stats_offset"), new("stat_bytes")
+        self.staging_offset, self.end = new("staging_offset"), new("end")
+        self.steps_a = [
+            Step((self.code_row, Mux(self.act32, 4 * width, Mux(kv8, width, width >> 1))),
+                 (self.head_bytes, Mux(self.act32, 4 * head_dim, Mux(kv8, head_dim, head_dim >> 1))),
+                 (self.stat_row, Mux(self.channel, 8 * width, Mux(self.token, 8 * kv, 0)))),
+            Step((self.cap_codes, cap * self.code_row)),
+            Step((self.stats_offset, align64(self.cap_codes))),
+        ]
+        self.division = Divide(self.stat_blocks, self.cap_rem, cap, block, 32)
+        self.steps_b = [
+            Step((self.stat_bytes, Mux(self.channel, self.stat_blocks, Mux(self.token, cap, 0)) * self.stat_row)),
+            Step((self.staging_offset, self.stats_offset + align64(self.stat_bytes))),
+            Step((self.end, self.staging_offset + align64(Mux(self.channel, 4 * block * width, 0)))),
+        ]
+
+
+def merged(*programs: list) -> list:
+    """Programs of the same shape (Steps and Divides at the same places) run side by side: the
+    Steps of each position merged into one; Divides are kept one after the other."""
+    out = []
+    for items in zip(*programs):
+        if all(isinstance(item, Step) for item in items):
+            out.append(Step(*(pair for item in items for pair in item.assignments)))
+        else:
+            out.extend(items)
+    return out

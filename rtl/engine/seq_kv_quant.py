@@ -51,7 +51,7 @@ from llmfab.compiler.isa import Buffer, Flag, KvMode, Opcode
 from llmfab.rtl.units.kv_quant import KvQuantizeUnit
 
 from .bytestream import ADDR_BITS
-from .kv_setup import Divide, SerialDivider, Step, align64, ceil_shift, setup_cycles, setup_states
+from .kv_setup import WIDE, Divide, SerialDivider, Step, StreamRegs, ceil_shift, setup_cycles, setup_states
 from .kv_stream import GatherReader, ScatterWriter, layout_fifo, replicated_act32_lanes
 from .seq_support import Region, beyond_addresses, overlaps
 from .sequencer import Sequencer
@@ -63,7 +63,6 @@ FIXED_CYCLES = 9  # start, check, job, issuer, reader (port, FIFO), writer (regi
 BARRIER_CYCLES = 2  # blocks written -> staging copy state -> done, when no token is left to stage
 STAGING_COPY_CYCLES = 7  # after the barrier: job, issuer, reader 2, writer 2, done
 KV = int(Buffer.KV)
-WIDE = 48  # products of the layout arithmetic, before they are checked against the buffer size
 
 
 def _log2(n: int) -> int:
@@ -146,41 +145,28 @@ class KvQuantSequencer(Sequencer):
         lam = (inst.flags & int(Flag.LAMBDA)) != 0
         d, w, block, cap = inst.depth, inst.cols, inst.aux, inst.imm
         p, t = regs.position, self.rows
-        is_act32, is_token, is_channel = mode == int(KvMode.ACT32), mode == int(KvMode.KV4_TOKEN), \
-            mode == int(KvMode.KV4_CHANNEL)
         bits = Signal(6, name="bits")  # 4 or 8 (codes), 32 (ACT32)
         kv, kv_rem = Signal(16, name="kv"), Signal(24, name="kv_rem")
-        code_row, head_bytes = Signal(20, name="code_row"), Signal(20, name="head_bytes")
-        stat_row, stat_blocks, cap_rem = Signal(24, name="stat_row"), Signal(32, name="stat_blocks"), \
-            Signal(24, name="cap_rem")
-        stats_offset, staging_offset, region_end = (Signal(WIDE, name=n) for n in
-                                                     ("stats_offset", "staging_offset", "region_end"))
-        stat_bytes, cap_codes = Signal(WIDE, name="stat_bytes"), Signal(WIDE, name="cap_codes")
+        lay = StreamRegs("stream", mode, kv, w, d, block, cap, kv8)
+        is_act32, is_token, is_channel = lay.act32, lay.token, lay.channel
+        code_row, head_bytes, stat_row = lay.code_row, lay.head_bytes, lay.stat_row
+        stats_offset, staging_offset, region_end = lay.stats_offset, lay.staging_offset, lay.end
         blk0, pending, full, rest = (Signal(32, name=n) for n in ("blk0", "pending", "full", "rest"))
         code_p, stat_p = Signal(WIDE, name="code_p"), Signal(WIDE, name="stat_p")
         block_codes, block_src = Signal(WIDE, name="block_codes"), Signal(WIDE, name="block_src")
         rest_src, rest_dst = Signal(WIDE, name="rest_src"), Signal(WIDE, name="rest_dst")
 
-        common = [
-            Divide(kv, kv_rem, w, d, 16),
-            Step((bits, Mux(is_act32, 32, Mux(kv8, 8, 4))), (code_row, Mux(is_act32, 4 * w, Mux(kv8, w, w >> 1))),
-                 (head_bytes, Mux(is_act32, 4 * d, Mux(kv8, d, d >> 1))),
-                 (stat_row, Mux(is_channel, 8 * w, Mux(is_token, 8 * kv, 0)))),
-            Step((cap_codes, cap * code_row), (code_p, p * code_row), (stat_p, p * stat_row)),
-            Step((stats_offset, align64(cap_codes))),
-        ]
+        lay.steps_a[0].assignments += ((bits, Mux(is_act32, 32, Mux(kv8, 8, 4))),)
+        lay.steps_a[1].assignments += ((code_p, p * code_row), (stat_p, p * stat_row))
+        common = [Divide(kv, kv_rem, w, d, 16), *lay.steps_a]
         channel = [
-            Divide(stat_blocks, cap_rem, cap, block, 32),
+            lay.division,
             Divide(blk0, pending, p, block, 32),
             Divide(full, rest, pending + t, block, 32),
             Step((block_codes, (p - pending) * code_row), (stat_p, blk0 * stat_row),
                  (block_src, (block - pending) * 4 * w), (rest_src, (t - rest) * 4 * w), (rest_dst, pending * 4 * w)),
         ]
-        finish = [
-            Step((stat_bytes, Mux(is_channel, stat_blocks, Mux(is_token, cap, 0)) * stat_row)),
-            Step((staging_offset, stats_offset + align64(stat_bytes))),
-            Step((region_end, staging_offset + align64(Mux(is_channel, 4 * block * w, 0)))),
-        ]
+        finish = lay.steps_b
         if (setup_cycles(common + finish), setup_cycles(channel)) != (SETUP_COMMON, SETUP_CHANNEL):
             raise AssertionError("KvQuantSequencer: the setup programs changed length; update the cycle constants")
 
@@ -193,7 +179,7 @@ class KvQuantSequencer(Sequencer):
             (mode > int(KvMode.KV4_CHANNEL)) | lam | (d == 0) | (kv_rem != 0) | (inst.dst_buf != KV)
             | (~is_act32 & ~built) | (~is_act32 & ~kv8 & d[0])
             | (is_token & (d > self.max_head_dim))
-            | (is_channel & ((block == 0) | (block > self.max_block) | (cap_rem != 0)))
+            | (is_channel & ((block == 0) | (block > self.max_block) | (lay.cap_rem != 0)))
             | (p + t > cap) | (inst.dst_addr + region_end > kv_bytes)
             | beyond_addresses(source) | overlaps(source, Region(KV, inst.dst_addr, region_end)))
 
