@@ -61,7 +61,7 @@ class ComputeUnit(wiring.Component):
                                 Mux(src == isa.RowSource.HISTORY, regs.position,
                                     Mux(src == isa.RowSource.CONTEXT, regs.position + regs.n_tokens, inst.rows))))
         index = {id(s): i for i, s in enumerate(self.unique)}
-        selected = Signal(range(max(1, len(self.unique))))
+        selected = Signal(range(max(2, len(self.unique))))  # at least 1 bit (a 0-bit wire trips Verilator)
         known = Signal()
         for op, seq in self.sequencers.items():
             with m.If(inst.opcode == op):

@@ -25,10 +25,13 @@ a buffer range past the buffer's end (or an unknown buffer id; likewise LOAD_ROW
 `BUFFER_RANGE`; the unit then stops generating rows, lets the rows in flight finish and answers
 `done` with the error. `abort` (another unit's error) stops it the same way.
 
-Cycles from `start` to the first row request: 3 for a plain transfer (range, row setup,
-address products), plus the divisions a striped or ring transfer needs (`Divider`: 1 cycle when
-the dividend is below the divisor, else 33); then one row per cycle while the port FIFOs have
-room, and the DMA's row cycles (rtl/engine/dma.py) on each port.
+Cycles from the executor's `start` to the first row request: 4 (RANGE, RUN, PRODUCTS, then
+the row), one more when STRIPED (the division by `sub`: `Divider` takes 1 cycle when the first
+row is below `sub`, else 33), and for RING 2 more (3 with a ring of `rows` slots, whose modulo is
+again 1 or 33 cycles); LOAD_ROWS: 3 cycles to the id read, then per id 3 cycles plus the
+division. Then one row per cycle while the port FIFOs have room, each port moving its rows in
+the DMA's row cycles (rtl/engine/dma.py); the unit answers `done` the cycle its last row is done
+(STORE: and every write response is in).
 """
 
 from __future__ import annotations
