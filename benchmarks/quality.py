@@ -54,7 +54,7 @@ def artifact_for(preset: str, checkpoint, recipe: Recipe, folder: pathlib.Path, 
     log(f"{preset}: quantizing")
     model = LlamaModel.from_checkpoint(checkpoint)
     quantize_model(model, recipe, calibration_windows(checkpoint.tokenizer, recipe))
-    if recipe.qat_steps:
+    if recipe.trains:
         run_recipe_qat(model, checkpoint, recipe, folder.with_name(folder.name + ".qat.pt"))
     save_artifact(folder, model, recipe, checkpoint.tokenizer, model_name=model_name)
     return load_artifact(folder)

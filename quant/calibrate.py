@@ -71,9 +71,14 @@ def calibration_windows(tokenizer, recipe: Recipe) -> torch.Tensor:
             f"calibration text ({', '.join(map(str, paths))}) has {len(tokens)} tokens, fewer than "
             f"--calib-seq-len {recipe.calib_seq_len}; pass a longer --calib-text or a shorter length"
         )
-    ids = torch.tensor(tokens, dtype=torch.long)
-    starts = torch.linspace(0, len(tokens) - recipe.calib_seq_len, recipe.calib_samples).round().long()
-    return torch.stack([ids[s : s + recipe.calib_seq_len] for s in starts.tolist()])
+    return spread_windows(torch.tensor(tokens, dtype=torch.long), recipe.calib_samples, recipe.calib_seq_len)
+
+
+def spread_windows(ids: torch.Tensor, count: int, seq_len: int) -> torch.Tensor:
+    """``count`` windows ``[count, seq_len]`` of the token ids ``[n >= seq_len]``, their starts
+    spread evenly from the first token to the last window that fits."""
+    starts = torch.linspace(0, len(ids) - seq_len, count).round().long()
+    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
 
 
 @torch.no_grad()
@@ -100,7 +105,7 @@ def quantize_model(model: LlamaModel, recipe: Recipe, windows: torch.Tensor, pro
                 full_name = f"model.layers.{index}.{name}"
                 compressed = compress_linear(module.weight, hessians[name], recipe, act_bits, obs, full_name)
                 replace_linear(model, index, name, compressed)
-        hidden = _run_layer(layer, hidden, cos, sin)
+        hidden = run_layer(layer, hidden, cos, sin)
     quantize_embeddings(model, recipe.head_input_bits)
     return model
 
@@ -129,14 +134,14 @@ def _collect_hessians(layer, modules: dict, hidden: torch.Tensor, cos, sin) -> d
         for name, module in modules.items()
     ]
     try:
-        _run_layer(layer, hidden, cos, sin)
+        run_layer(layer, hidden, cos, sin)
     finally:
         for handle in handles:
             handle.remove()
     return {name: acc.hessian for name, acc in accumulators.items()}
 
 
-def _run_layer(layer, hidden: torch.Tensor, cos, sin) -> torch.Tensor:
+def run_layer(layer, hidden: torch.Tensor, cos, sin) -> torch.Tensor:
     """The layer's output ``[N, T, H]`` for inputs ``[N, T, H]``, in batches of windows."""
     return torch.cat([layer(hidden[i : i + WINDOWS_PER_BATCH], cos, sin)
                       for i in range(0, hidden.shape[0], WINDOWS_PER_BATCH)])

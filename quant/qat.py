@@ -17,6 +17,9 @@ Training checkpoints (trained tensors, optimizer, step, random state) are writte
 ``checkpoint_every`` steps and resumed from when present. At the end every stand-in is frozen back
 into a :class:`~llmfab.quant.qlinear.QuantLinear` with float16 scales, so the artifact format does
 not change.
+
+:func:`run_recipe_qat` can put block-wise reconstruction (quant/block_ap.py, EfficientQAT's
+Block-AP) before these end-to-end steps.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from llmfab.errors import InputError
 from llmfab.quant.model import LlamaModel
 from llmfab.quant.qat_modules import QatLinear, QatMode, ScaleQatLinear, from_qat, to_qat
 
-__all__ = ["LOSSES", "QatConfig", "QatLinear", "QatMode", "ScaleQatLinear", "distillation_loss",
-           "from_qat", "run_recipe_qat", "to_qat", "train_qat", "training_windows"]
+__all__ = ["LOSSES", "QatConfig", "QatLinear", "QatMode", "QatRun", "ScaleQatLinear", "block_windows",
+           "distillation_loss", "from_qat", "run_recipe_qat", "to_qat", "train_qat", "training_windows"]
 
 LOSSES = ("kl", "ce")
 
@@ -78,12 +81,18 @@ def distillation_loss(student_logits, teacher_logits, temperature: float) -> tor
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * t * t
 
 
+def save_atomically(state: dict, path: Path) -> None:
+    """``torch.save`` to a temporary sibling, then rename it into place: a reader (or a resumed
+    run after a crash) sees the previous checkpoint or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def _save_checkpoint(path: Path, step: int, model, optimizer, generator) -> None:
     trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"step": step, "params": trainable, "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state()}, tmp)
-    os.replace(tmp, path)
+    save_atomically({"step": step, "params": trainable, "optimizer": optimizer.state_dict(),
+                     "generator": generator.get_state()}, path)
 
 
 def _load_checkpoint(path: Path, model, optimizer, generator) -> int:
@@ -103,10 +112,36 @@ def _load_checkpoint(path: Path, model, optimizer, generator) -> int:
         ) from None
 
 
+def trainable_optimizer(model, modules, lr: float, scale_lr: float) -> torch.optim.AdamW:
+    """AdamW over the QAT stand-ins ``modules`` of ``model``: their scales at ``scale_lr``, their
+    latent weights (weights mode) at ``lr``; every other parameter of ``model`` is frozen. Each
+    group keeps its ``base_lr`` for :func:`cosine_factor`."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    weights, scales = [], []
+    for module in modules:
+        module_weights, module_scales = module.trainable()
+        weights += module_weights
+        scales += module_scales
+    for p in weights + scales:
+        p.requires_grad_(True)
+    groups = [{"params": scales, "lr": scale_lr, "base_lr": scale_lr}]
+    if weights:
+        groups.append({"params": weights, "lr": lr, "base_lr": lr})
+    return torch.optim.AdamW(groups, weight_decay=0.0)
+
+
 def cosine_factor(step: int, steps: int) -> float:
     """Learning-rate multiplier of step ``step`` (0-based) of ``steps``: 1 at the first step,
     falling along a half cosine towards 0 (the last step still moves)."""
     return 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1)))
+
+
+def cosine_step(optimizer, step: int, steps: int) -> None:
+    """One optimizer step at each group's ``base_lr`` times :func:`cosine_factor`."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * cosine_factor(step, steps)
+    optimizer.step()
 
 
 @torch.enable_grad()
@@ -126,19 +161,7 @@ def train_qat(student: LlamaModel, teacher: LlamaModel | None, windows: torch.Te
     if windows.shape[1] < config.seq_len:
         raise InputError(f"QAT sequence length {config.seq_len} exceeds the training windows "
                          f"({windows.shape[1]} tokens)")
-    for p in student.parameters():
-        p.requires_grad_(False)
-    weights, scales = [], []
-    for module in to_qat(student, config.mode):
-        module_weights, module_scales = module.trainable()
-        weights += module_weights
-        scales += module_scales
-    for p in weights + scales:
-        p.requires_grad_(True)
-    groups = [{"params": scales, "lr": config.scale_lr, "base_lr": config.scale_lr}]
-    if weights:
-        groups.append({"params": weights, "lr": config.lr, "base_lr": config.lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    optimizer = trainable_optimizer(student, to_qat(student, config.mode), config.lr, config.scale_lr)
     generator = torch.Generator().manual_seed(config.seed)
     start = _load_checkpoint(checkpoint, student, optimizer, generator) \
         if checkpoint is not None and checkpoint.is_file() else 0
@@ -160,9 +183,7 @@ def train_qat(student: LlamaModel, teacher: LlamaModel | None, windows: torch.Te
                 loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * cosine_factor(step, config.steps)
-            optimizer.step()
+            cosine_step(optimizer, step, config.steps)
             losses.append(loss.item())
             if not math.isfinite(losses[-1]):
                 raise InputError(f"QAT diverged at step {step} (loss {losses[-1]}); lower --qat-lr")
@@ -190,7 +211,9 @@ def training_windows(tokenizer, recipe, seq_len: int) -> torch.Tensor:
     return torch.tensor(tokens[: count * seq_len], dtype=torch.long).view(count, seq_len)
 
 
-QAT_FIELDS = ("qat_steps", "qat_lr", "qat_scale_lr", "qat_loss", "qat_mode")
+QAT_FIELDS = ("qat_steps", "qat_lr", "qat_scale_lr", "qat_loss", "qat_mode", "qat_block_epochs",
+              "qat_block_samples", "qat_block_lr", "qat_block_scale_lr")
+BLOCK_HELD_OUT = 2  # windows at the end of the calibration text that block reconstruction never trains on
 
 
 def post_training_model(folder, config, recipe) -> LlamaModel:
@@ -213,13 +236,62 @@ def post_training_model(folder, config, recipe) -> LlamaModel:
     return artifact.model
 
 
-def run_recipe_qat(model: LlamaModel, checkpoint, recipe, checkpoint_path: Path, progress=None) -> list[float]:
-    """QAT of a post-training quantized ``model`` as its recipe says (teacher: the checkpoint's
-    float weights; data: the calibration texts). The training checkpoint is removed when done."""
-    config = QatConfig(steps=recipe.qat_steps, lr=recipe.qat_lr, scale_lr=recipe.qat_scale_lr,
-                       loss=recipe.qat_loss, mode=QatMode(recipe.qat_mode))
-    teacher = LlamaModel.from_checkpoint(checkpoint) if config.loss == "kl" else None
-    windows = training_windows(checkpoint.tokenizer, recipe, config.seq_len)
-    losses = train_qat(model, teacher, windows, config, checkpoint_path, progress)
+def block_windows(tokenizer, recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training windows ``[qat_block_samples, calib_seq_len]``, held-out windows
+    ``[BLOCK_HELD_OUT, calib_seq_len]``) of block reconstruction: the held-out windows are the
+    calibration text's last tokens, the training windows spread evenly over the tokens before them
+    (overlapping evenly when there are too few)."""
+    from llmfab.quant.calibrate import calibration_tokens, spread_windows
+
+    tokens = torch.tensor(calibration_tokens(tokenizer, recipe), dtype=torch.long)
+    seq_len = recipe.calib_seq_len
+    held = BLOCK_HELD_OUT * seq_len
+    if len(tokens) < held + seq_len:
+        raise InputError(f"block reconstruction needs at least {held + seq_len} calibration tokens "
+                         f"({BLOCK_HELD_OUT} held-out windows and one training window of --calib-seq-len "
+                         f"{seq_len}); the calibration text has {len(tokens)}: pass a longer --calib-text "
+                         "or a shorter --calib-seq-len")
+    return (spread_windows(tokens[: len(tokens) - held], recipe.qat_block_samples, seq_len),
+            tokens[len(tokens) - held :].view(BLOCK_HELD_OUT, seq_len))
+
+
+@dataclass(frozen=True)
+class QatRun:
+    """What :func:`run_recipe_qat` did in this call: one block reconstruction report per layer
+    trained (quant/block_ap.py ``LayerReport``) and the loss of every end-to-end step run."""
+
+    block: list
+    losses: list[float]
+
+
+def run_recipe_qat(model: LlamaModel, checkpoint, recipe, checkpoint_path: Path, progress=None) -> QatRun:
+    """Training of a post-training quantized ``model`` as its recipe says (teacher: the
+    checkpoint's float weights; data: the calibration texts): block reconstruction first when
+    ``qat_block_epochs`` > 0 (its per-layer checkpoint is ``checkpoint_path`` with the suffix
+    ``.block.pt``), then ``qat_steps`` end-to-end QAT steps (checkpoint ``checkpoint_path``).
+    Both checkpoints are removed when everything is done."""
+    from llmfab.quant.block_ap import BlockConfig, block_reconstruction
+
+    needs_teacher = recipe.qat_block_epochs or (recipe.qat_steps and recipe.qat_loss == "kl")
+    teacher = LlamaModel.from_checkpoint(checkpoint) if needs_teacher else None
+    block_path = block_checkpoint(checkpoint_path)
+    reports: list = []
+    if recipe.qat_block_epochs:
+        config = BlockConfig(epochs=recipe.qat_block_epochs, lr=recipe.qat_block_lr,
+                             scale_lr=recipe.qat_block_scale_lr)
+        train, held = block_windows(checkpoint.tokenizer, recipe)
+        reports = block_reconstruction(model, teacher, train, config, held, block_path, progress)
+    losses: list[float] = []
+    if recipe.qat_steps:
+        config = QatConfig(steps=recipe.qat_steps, lr=recipe.qat_lr, scale_lr=recipe.qat_scale_lr,
+                           loss=recipe.qat_loss, mode=QatMode(recipe.qat_mode))
+        windows = training_windows(checkpoint.tokenizer, recipe, config.seq_len)
+        losses = train_qat(model, teacher, windows, config, checkpoint_path, progress)
     checkpoint_path.unlink(missing_ok=True)
-    return losses
+    block_path.unlink(missing_ok=True)
+    return QatRun(reports, losses)
+
+
+def block_checkpoint(checkpoint_path: Path) -> Path:
+    """Where block reconstruction checkpoints next to the end-to-end checkpoint ``checkpoint_path``."""
+    return checkpoint_path.with_suffix(".block.pt")

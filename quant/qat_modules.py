@@ -207,17 +207,20 @@ class QatHead(nn.Module):
 QAT_MODULES = {QatMode.WEIGHTS: QatLinear, QatMode.SCALES: ScaleQatLinear}
 
 
-def to_qat(model: LlamaModel, mode: QatMode = QatMode.WEIGHTS) -> list[_QatBase]:
+def to_qat(model: LlamaModel, mode: QatMode = QatMode.WEIGHTS, layer: int | None = None) -> list[_QatBase]:
     """Swap every decoder QuantLinear of ``model`` for its trainable stand-in (and the LM head
-    for a :class:`QatHead`); returns the decoder stand-ins in order."""
+    for a :class:`QatHead`); returns the decoder stand-ins in order. With ``layer``, only that
+    decoder layer's projections are swapped and the head is left as it is (block-wise training)."""
     swapped = []
-    for layer, name, module in list(iter_linears(model)):
+    for index, name, module in list(iter_linears(model)):
+        if layer is not None and index != layer:
+            continue
         if not isinstance(module, QuantLinear):
-            raise InputError(f"layer {layer} {name} is not quantized; run post-training quantization first")
+            raise InputError(f"layer {index} {name} is not quantized; run post-training quantization first")
         qat = QAT_MODULES[mode](module)
-        replace_linear(model, layer, name, qat)
+        replace_linear(model, index, name, qat)
         swapped.append(qat)
-    if isinstance(model.lm_head, QuantLinear):
+    if layer is None and isinstance(model.lm_head, QuantLinear):
         model.lm_head = QatHead(model.lm_head)
     return swapped
 

@@ -77,7 +77,9 @@ class Recipe:
     Calibration uses ``calib_samples`` windows of ``calib_seq_len`` tokens. ``smooth_alpha``
     (0 < α < 1) folds SmoothQuant smoothing into the float weights before GPTQ (quant/smoothing.py);
     None leaves the weights as they are. ``head_act_bits`` is the LM head's input width: 8
-    (per-token int8) or 16 (float, A16); None means ``act_bits``.
+    (per-token int8) or 16 (float, A16); None means ``act_bits``. ``qat_block_epochs`` > 0 runs
+    block-wise reconstruction (quant/block_ap.py) on ``qat_block_samples`` windows of
+    ``calib_seq_len`` tokens before the ``qat_steps`` end-to-end QAT steps.
     """
 
     name: str
@@ -100,6 +102,10 @@ class Recipe:
     qat_scale_lr: float = 2e-3
     qat_loss: str = "kl"
     qat_mode: str = "scales"
+    qat_block_epochs: int = 0
+    qat_block_samples: int = 64
+    qat_block_lr: float = 1e-4
+    qat_block_scale_lr: float = 1e-3
     smooth_alpha: float | None = None
     head_act_bits: int | None = None
 
@@ -113,12 +119,17 @@ class Recipe:
         for option, value, smallest in (("--group-size", self.group_size, 1),
                                         ("--calib-samples", self.calib_samples, 1),
                                         ("--calib-seq-len", self.calib_seq_len, 2),
-                                        ("--qat-steps", self.qat_steps, 0)):
+                                        ("--qat-steps", self.qat_steps, 0),
+                                        ("--qat-block-epochs", self.qat_block_epochs, 0),
+                                        ("--qat-block-samples", self.qat_block_samples, 1)):
             if value < smallest:
                 raise InputError(f"{option} is {value}; it must be at least {smallest}")
         if self.qat_lr <= 0 or self.qat_scale_lr <= 0:
             raise InputError(f"--qat-lr and --qat-scale-lr must be positive, got {self.qat_lr} and "
                              f"{self.qat_scale_lr}")
+        if self.qat_block_lr <= 0 or self.qat_block_scale_lr <= 0:
+            raise InputError(f"--qat-block-lr and --qat-block-scale-lr must be positive, got "
+                             f"{self.qat_block_lr} and {self.qat_block_scale_lr}")
         if self.qat_loss not in ("kl", "ce"):
             raise InputError(f"--qat-loss {self.qat_loss!r} is not one of: kl (distillation), ce")
         if self.qat_mode not in QAT_MODES:
@@ -149,6 +160,12 @@ class Recipe:
     def lambda_attention(self) -> bool:
         """True when attention is Λ-shaped (sink tokens plus a sliding window)."""
         return self.window is not None
+
+    @property
+    def trains(self) -> bool:
+        """True when post-training quantization is followed by training (block reconstruction
+        and/or end-to-end QAT steps)."""
+        return self.qat_steps > 0 or self.qat_block_epochs > 0
 
     @property
     def head_input_bits(self) -> int | None:

@@ -60,6 +60,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qat-loss", choices=("kl", "ce"),
                         help="QAT objective: kl = match the float model's next-token distribution "
                         "(default), ce = next-token cross-entropy on the calibration text")
+    parser.add_argument("--qat-block-epochs", type=int,
+                        help="block-wise reconstruction (EfficientQAT's Block-AP) before the --qat-steps "
+                        "end-to-end steps: for each decoder layer in turn, N passes over --qat-block-samples "
+                        "calibration windows train its latent weights and per-group scales (codes may "
+                        "change; 2:4 masks and integer zero points stay) so that its output, fed by the "
+                        "layers already reconstructed, matches the float layer's (MSE); checkpoints after "
+                        "every layer to DIR.qat.block.pt and resumes from it (default 0 = off)")
+    parser.add_argument("--qat-block-samples", type=int,
+                        help="calibration windows of --calib-seq-len tokens block reconstruction trains on "
+                        "(default 64; the text's last 2 windows are held out to report the error)")
+    parser.add_argument("--qat-block-lr", type=float,
+                        help="block reconstruction learning rate of the latent weights (default 1e-4)")
+    parser.add_argument("--qat-block-scale-lr", type=float,
+                        help="block reconstruction learning rate of the per-group scales (default 1e-3)")
     parser.add_argument("--qat-from", metavar="ARTIFACT",
                         help="skip calibration and start QAT from this post-training artifact of the "
                         "same model and recipe (QAT settings may differ)")
@@ -104,6 +118,8 @@ def recipe_from_args(args):
         sinks=args.sinks, window=args.window, calib_texts=args.calib_text, head_act_bits=args.head_act_bits,
         calib_samples=args.calib_samples, calib_seq_len=args.calib_seq_len, qat_steps=args.qat_steps,
         qat_lr=args.qat_lr, qat_scale_lr=args.qat_scale_lr, qat_loss=args.qat_loss, qat_mode=args.qat_mode,
+        qat_block_epochs=args.qat_block_epochs, qat_block_samples=args.qat_block_samples,
+        qat_block_lr=args.qat_block_lr, qat_block_scale_lr=args.qat_block_scale_lr,
         smooth_alpha=None if smoothing_off else args.smooth_alpha,
     )
     return dataclasses.replace(recipe, smooth_alpha=None) if smoothing_off else recipe
@@ -123,18 +139,18 @@ def run(args) -> int:
         from llmfab.errors import InputError
         from llmfab.quant.qat import post_training_model
 
-        if not recipe.qat_steps:
-            raise InputError("--qat-from starts quantization-aware training; give --qat-steps N (N > 0)")
+        if not recipe.trains:
+            raise InputError("--qat-from starts quantization-aware training; give --qat-steps N or "
+                             "--qat-block-epochs N (N > 0)")
 
         model = post_training_model(args.qat_from, checkpoint.config, recipe)
     else:
         quantize_model(model, recipe, calibration_windows(checkpoint.tokenizer, recipe), progress=progress)
-    if recipe.qat_steps:
+    if recipe.trains:
         from llmfab.quant.qat import run_recipe_qat
 
-        losses = run_recipe_qat(model, checkpoint, recipe, Path(f"{args.output.rstrip('/')}.qat.pt"), progress)
-        print(f"QAT: {len(losses)} steps, distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}"
-              if losses else "QAT: already complete in its checkpoint", file=sys.stderr)
+        run = run_recipe_qat(model, checkpoint, recipe, Path(f"{args.output.rstrip('/')}.qat.pt"), progress)
+        _print_training(recipe, run)
     manifest = save_artifact(args.output, model, recipe, checkpoint.tokenizer, model_name=args.model)
     sizes = manifest["sizes"]
     print(f"{args.model} -> {args.output} ({recipe.name}, {time.perf_counter() - start:.1f} s): "
@@ -143,3 +159,19 @@ def run(args) -> int:
           f"KV {sizes['kv_bytes_per_token']:.0f} bytes/token")
     sys.stdout.flush()
     return 0
+
+
+def _print_training(recipe, run) -> None:
+    """One stderr line per training stage: block reconstruction's held-out error, QAT's loss."""
+    if recipe.qat_block_epochs:
+        if run.block:
+            before = sum(r.held_out_before for r in run.block) / len(run.block)
+            after = sum(r.held_out_after for r in run.block) / len(run.block)
+            print(f"block reconstruction: {len(run.block)} layers, held-out output MSE (mean over layers) "
+                  f"{before:.4g} -> {after:.4g}", file=sys.stderr)
+        else:
+            print("block reconstruction: already complete in its checkpoint", file=sys.stderr)
+    if recipe.qat_steps:
+        losses = run.losses
+        print(f"QAT: {len(losses)} steps, distillation loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+              if losses else "QAT: already complete in its checkpoint", file=sys.stderr)

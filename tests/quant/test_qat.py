@@ -26,7 +26,7 @@ from llmfab.quant.qat import (
 )
 from llmfab.quant.qat_modules import QatHead
 from llmfab.quant.qlinear import QuantLinear, fake_quant_per_token
-from llmfab.tests.quant.tiny_quantized import quantized_tiny, tiny_recipe
+from llmfab.tests.quant.tiny_quantized import quantized_sharp_tiny, quantized_tiny, tiny_recipe
 
 MODES = list(QatMode)
 HELD_OUT = 4  # last training windows kept out of training, to measure the loss on
@@ -44,25 +44,11 @@ def tiny_sparse(tiny_hf_folder):
 
 @pytest.fixture(scope="module")
 def sharp_w2(tiny_hf_folder):
-    """Like tiny_w2, but from a float model with peaked next-token distributions (decoder weights
-    x4, LM head x30): the random tiny model's are nearly uniform, so quantization barely moves its
-    KL and a broken QAT could not be told from a working one."""
-    from llmfab.quant.calibrate import calibration_windows, quantize_model
-    from llmfab.quant.checkpoint import load_checkpoint
-    from llmfab.quant.model import LlamaModel
-
-    def sharpened():
-        model = LlamaModel.from_checkpoint(load_checkpoint(str(tiny_hf_folder), use_cache=False))
-        with torch.no_grad():
-            for _, _, linear in iter_linears(model):
-                linear.weight.mul_(4.0)
-            model.lm_head.weight.mul_(30.0)
-        return model
-
+    """Like tiny_w2, but from a sharpened float model (tiny_quantized.sharpened_tiny), with 32-token
+    training windows of the whole calibration text."""
     recipe = tiny_recipe("w2a8kv4", calib_samples=4)
-    checkpoint = load_checkpoint(str(tiny_hf_folder), use_cache=False)
-    student = quantize_model(sharpened(), recipe, calibration_windows(checkpoint.tokenizer, recipe))
-    return checkpoint, sharpened(), student, training_windows(checkpoint.tokenizer, recipe, 32)
+    checkpoint, teacher, student, _ = quantized_sharp_tiny(tiny_hf_folder, recipe)
+    return checkpoint, teacher, student, training_windows(checkpoint.tokenizer, recipe, 32)
 
 
 def fresh_copy(fixture):

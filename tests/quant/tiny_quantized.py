@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
 from llmfab.quant.calibrate import calibration_windows, quantize_model
 from llmfab.quant.checkpoint import load_checkpoint
-from llmfab.quant.model import LlamaModel
+from llmfab.quant.model import LlamaModel, iter_linears
 from llmfab.quant.recipe import Recipe
 
 FAST_CALIBRATION = dict(calib_samples=2, calib_seq_len=32)
@@ -23,3 +25,22 @@ def quantized_tiny(folder, recipe: Recipe):
     windows = calibration_windows(checkpoint.tokenizer, recipe)
     model = quantize_model(LlamaModel.from_checkpoint(checkpoint), recipe, windows)
     return checkpoint, LlamaModel.from_checkpoint(checkpoint), model, windows
+
+
+def sharpened_tiny(folder) -> LlamaModel:
+    """The tiny float model with peaked next-token distributions (decoder weights x4, LM head x30):
+    the random tiny model's are nearly uniform, so quantization barely moves its KL and a broken
+    training could not be told from a working one."""
+    model = LlamaModel.from_checkpoint(load_checkpoint(str(folder), use_cache=False))
+    with torch.no_grad():
+        for _, _, linear in iter_linears(model):
+            linear.weight.mul_(4.0)
+        model.lm_head.weight.mul_(30.0)
+    return model
+
+
+def quantized_sharp_tiny(folder, recipe: Recipe):
+    """(checkpoint, sharpened float model, its quantized copy, calibration windows)."""
+    checkpoint = load_checkpoint(str(folder), use_cache=False)
+    windows = calibration_windows(checkpoint.tokenizer, recipe)
+    return checkpoint, sharpened_tiny(folder), quantize_model(sharpened_tiny(folder), recipe, windows), windows
