@@ -8,8 +8,8 @@
 - `row_commands`: a generator of one range command per row, `base + r · stride` (r = 0 … count−1).
 - `store_chunk`: collects a packed transfer (a record header) into a register.
 - `side_channel`: a FIFO beside a lane unit carrying per-beat values (byte counts, flags) past it.
-- `lane_values`, `valid_lanes_mask`, `row_lanes`: the lanes of a packed chunk and which of them
-  hold data.
+- `lane_values`, `valid_lanes_mask`, `row_lanes`, `act32_lanes`, `lanes_fit`: the lanes of a
+  packed chunk, which of them hold data, and whether their values fit a narrower port.
 - `LimitedSequencer`, `attach`, `act32_streams`, `control`, `row_tracker`: the common frame of the
   sequencers (their build-time size limit, port wiring, the check-run-done FSM, the count of rows
   written).
