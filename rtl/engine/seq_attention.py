@@ -1,0 +1,384 @@
+"""ATTENTION: softmax attention of T queries over the cached keys and values (docs/isa.md, §7).
+
+Operands: `src0` rotated queries ACT32 `[T, H·D]` (`cols` = H·D, `depth` = D), the key stream
+region at `src1_addr` and the value stream region at `stride` (both in the KV buffer, layouts of
+compiler/kv_layout.KvStreamLayout with `imm` capacity, `sub` = KV heads, `aux` = B, key mode in
+`mode` bits 0–1, value mode in bits 2–3, flag `KV8`), `dst` ACT32 `[T, H·D]`. Query t (stream
+position P + t) of head h sees keys 0 … P+t of KV head h div (H/KV) — exactly
+`llmfab.sim.numerics.attention` with `causal_visibility`, as the emulator's `attend`.
+
+Per (query, head), in order (nothing of one head overlaps the next):
+
+1. *query*: the head's D values through `KvFetch` (rtl/engine/kv_fetch.py) into
+   `RequantizeUnit` (A lanes): int8 codes in a local table, the step `(Aq, Eq)`;
+2. *scores*: every visible key head through `KvFetch` (dequantized per its form: ACT32, codes with
+   per-token statistics, codes of a completed per-channel block or a staged ACT32 token) into
+   `DotProductUnit.scores` (A lanes, beats of A channels against the query codes); the scores,
+   `sfu_lanes` to a beat, into `SoftmaxUnit`, whose probabilities fill a local table;
+3. *values*: for each slice of A channels, every visible value head's slice through `KvFetch` into
+   A one-lane `DotProductUnit.weighted_values` (lane c accumulates `Σ_j p_j · v_jc` over the
+   keys), which write the slice of the output row.
+
+A is `attention_lanes` (a power of two, at least 4); `max_head_dim` sizes the query table, the
+per-channel statistics cache and the value slices, `max_keys` the softmax row (P + T must not
+exceed it).
+
+Cycles from `start` to `done` (`cycles`), with n_t = P + t + 1 keys for query t, b = ceil(D/A)
+beats per head, L = sfu_lanes, U = ceil(n_t / L) softmax beats, when every span is one word read
+(see `cycles` for the condition): the setup program, then per (query, head)
+`Q + n_t·b + K + SoftmaxUnit.row_cycles(U, L) + S + b·(n_t + V)` and a fixed tail; the constants
+are in `cycles`, which the tests assert on aligned cases.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import connect, flipped
+
+from llmfab.compiler.isa import Buffer, Flag, KvMode, Opcode
+from llmfab.rtl.units.arith import rom
+from llmfab.rtl.units.attention import DotProductUnit, SoftmaxUnit
+from llmfab.rtl.units.requantize import RequantizeUnit
+from llmfab.sim.attention_ops import AttentionConstants
+from llmfab.sim.fixed_point import PROB17
+
+from .bytestream import ADDR_BITS
+from .kv_fetch import STATS_CHANNEL, STATS_NONE, STATS_TOKEN, KvFetch
+from .kv_setup import WIDE, Divide, SerialDivider, Step, StreamRegs, ceil_shift, merged, setup_cycles, setup_states
+from .kv_stream import ScatterWriter
+from .seq_support import Region, beyond_addresses, overlaps, same_region
+from .sequencer import Sequencer
+
+KV = int(Buffer.KV)
+PHASE_QUERY, PHASE_KEYS, PHASE_VALUES = 0, 1, 2
+SETUP_CYCLES = 146  # H = cols / D, H / KV (18 each), both streams' layouts (8 steps, 2 x 34), (P+T) / B (34), 2 steps
+HEAD_CYCLES = 38  # per (query, head): the three phases' hand-overs (control, fetch pipeline, consumers' flags)
+TAIL_CYCLES = 2  # the last write, done
+
+
+def _log2(n: int) -> int:
+    return (n - 1).bit_length()
+
+
+class StreamCursor:
+    """Where key (or value) j of a dense stream is, stepping j = 0, 1, …: the segment fields of
+    its head `kvh` (`head_*` offsets, set by the caller) as KvStreamLayout places it."""
+
+    def __init__(self, m: Module, name: str, lay: StreamRegs, base, full_tokens, block, kv_heads, head_dim, kv8):
+        self.m, self.lay, self.base, self.full, self.block = m, lay, base, full_tokens, block
+        new = lambda field, width=WIDE: Signal(width, name=f"{name}_{field}")  # noqa: E731
+        self.j, self.k = new("j", 32), new("in_block", 16)
+        self.code_pos, self.stat_pos, self.block_pos, self.stage_pos = (new(f) for f in
+                                                                        ("code_pos", "stat_pos", "block_pos", "stage_pos"))
+        self.head_code, self.head_raw, self.head_stat = new("head_code", 24), new("head_raw", 24), new("head_stat", 24)
+        self.head_chan = new("head_chan", 24)
+        self.kv_heads, self.head_dim, self.kv8 = kv_heads, head_dim, kv8
+
+    def reset(self) -> list:
+        return [r.eq(0) for r in (self.j, self.k, self.code_pos, self.stat_pos, self.block_pos, self.stage_pos)]
+
+    def reset_heads(self) -> list:
+        return [r.eq(0) for r in (self.head_code, self.head_raw, self.head_stat, self.head_chan)]
+
+    def next_head(self) -> list:
+        lay, d = self.lay, self.head_dim
+        return [self.head_code.eq(self.head_code + lay.head_bytes), self.head_raw.eq(self.head_raw + 4 * d),
+                self.head_stat.eq(self.head_stat + 8), self.head_chan.eq(self.head_chan + 8 * d)]
+
+    def step(self) -> list:
+        lay, width = self.lay, self.kv_heads * self.head_dim
+        end_block = self.k + 1 == self.block
+        return [self.j.eq(self.j + 1), self.code_pos.eq(self.code_pos + lay.code_row),
+                self.stat_pos.eq(self.stat_pos + 8 * self.kv_heads), self.k.eq(Mux(end_block, 0, self.k + 1)),
+                self.block_pos.eq(Mux(end_block, self.block_pos + 8 * width, self.block_pos)),
+                self.stage_pos.eq(Mux(self.j >= self.full, self.stage_pos + 4 * width, self.stage_pos))]
+
+    def segment(self, seg) -> list:
+        """Assignments of the segment fields (form and addresses) of the current j."""
+        lay = self.lay
+        staged = lay.channel & (self.j >= self.full)
+        coded = ~lay.act32 & ~staged
+        return [seg.raw.eq(~coded), seg.bits8.eq(self.kv8), seg.buf.eq(KV),
+                seg.stats.eq(Mux(lay.token, STATS_TOKEN, Mux(coded, STATS_CHANNEL, STATS_NONE))),
+                seg.fill.eq(lay.channel & coded & ((self.j == 0) | (self.k == 0))),
+                seg.addr.eq(self.base + Mux(lay.act32, self.code_pos + self.head_raw,
+                                            Mux(staged, lay.staging_offset + self.stage_pos + self.head_raw,
+                                                self.code_pos + self.head_code))),
+                seg.stats_addr.eq(self.base + lay.stats_offset + Mux(lay.token, self.stat_pos + self.head_stat,
+                                                                     self.block_pos + self.head_chan))]
+
+
+class AttentionSequencer(Sequencer):
+    """Executes ATTENTION (module docstring)."""
+
+    OPCODES = (Opcode.ATTENTION,)
+
+    def __init__(self, geometry, attention_lanes: int = 8, max_head_dim: int = 128, max_keys: int = 1024):
+        if geometry.sfu_lanes & (geometry.sfu_lanes - 1):
+            raise ValueError("the softmax packs sfu_lanes scores per beat; sfu_lanes must be a power of two")
+        self.lanes, self.max_head_dim, self.max_keys = attention_lanes, max_head_dim, max_keys
+        self.max_beats = -(-max_head_dim // attention_lanes)
+        super().__init__(geometry)
+
+    # ---------------------------------------------------------------------------------------- timing
+    @classmethod
+    def cycles(cls, geometry, lanes: int, tokens: int, position: int, heads: int, head_dim: int) -> int:
+        """Cycles from start to done of a dense ATTENTION whose streams are ACT32 or per token and
+        whose spans are each one word read (module docstring)."""
+        sl = geometry.sfu_lanes
+        beats = -(-head_dim // lanes)
+        per_head = 0
+        for t in range(tokens):
+            n = position + t + 1
+            per_head += (HEAD_CYCLES + RequantizeUnit.row_cycles(beats, lanes) + DotProductUnit.latency(lanes)
+                         + 2 * n * beats + SoftmaxUnit.row_cycles(-(-n // sl), sl) - -(-n // sl))
+        return SETUP_CYCLES + TAIL_CYCLES + heads * per_head
+
+    # ---------------------------------------------------------------------------------------- hardware
+    def elaborate(self, platform):
+        m = Module()
+        g = self.geometry
+        a, sl = self.lanes, g.sfu_lanes
+        kv_bytes = g.buffers.words[Buffer.KV] * g.word_bytes
+        inst, regs = self.inst, self.regs
+        d, cols, kvh_count, block, cap = inst.depth, inst.cols, inst.sub, inst.aux, inst.imm
+        p, t = regs.position, self.rows
+        kv8 = (inst.flags & int(Flag.KV8)) != 0
+        lam = (inst.flags & int(Flag.LAMBDA)) != 0
+
+        m.submodules.fetch = fetch = KvFetch(g.buffers, a, self.max_head_dim)
+        m.submodules.writer = writer = ScatterWriter(g.buffers, 4 * a)
+        m.submodules.divider = divider = SerialDivider(32, 24)
+        connect(m, fetch.read0, flipped(self.read[0]))
+        connect(m, fetch.read1, flipped(self.read[1]))
+        connect(m, writer.port, flipped(self.write))
+        m.d.comb += fetch.head_dim.eq(d)
+
+        # ------------------------------------------------------------ setup
+        heads, heads_rem = Signal(16, name="heads"), Signal(24, name="heads_rem")
+        group, group_rem = Signal(16, name="group"), Signal(24, name="group_rem")
+        width = Signal(32, name="width")
+        keys = StreamRegs("keys", inst.mode[:2], kvh_count, width, d, block, cap, kv8)
+        values = StreamRegs("values", inst.mode[2:4], kvh_count, width, d, block, cap, kv8)
+        full_blocks, full_tokens, count = Signal(32, name="full_blocks"), Signal(WIDE, name="full_tokens"), \
+            Signal(33, name="count")
+        constants = [AttentionConstants.for_head_dim(k) if k else AttentionConstants(0, 0)
+                     for k in range(self.max_head_dim + 1)]
+        log2e_m, log2e_s = Signal(16, name="log2e_mantissa"), Signal(signed(8), name="log2e_shift")
+        program = [
+            Divide(heads, heads_rem, cols, d, 16),
+            Divide(group, group_rem, heads, kvh_count, 16),
+            Step((width, kvh_count * d), (count, p + t),
+                 (log2e_m, rom([c.mantissa for c in constants], Mux(d > self.max_head_dim, 0, d))),
+                 (log2e_s, rom([c.shift for c in constants], Mux(d > self.max_head_dim, 0, d)))),
+            *merged(keys.steps_a, values.steps_a),
+            keys.division, values.division,
+            *merged(keys.steps_b, values.steps_b),
+            Divide(full_blocks, None, count, block, 32),
+            Step((full_tokens, full_blocks * block)),
+        ]
+        if setup_cycles(program) != SETUP_CYCLES:
+            raise AssertionError("AttentionSequencer: the setup program changed length; update SETUP_CYCLES")
+
+        beats = ceil_shift(d, _log2(a))
+        q_row, out_row = Signal(WIDE, name="q_row"), Signal(WIDE, name="out_row")
+        queries = Region(inst.src0_buf, inst.src0_addr, t * 4 * cols)
+        output = Region(inst.dst_buf, inst.dst_addr, t * 4 * cols)
+        key_region, value_region = Region(KV, inst.src1_addr, keys.end), Region(KV, inst.stride, values.end)
+        four_bit = (~keys.act32 | ~values.act32) & ~kv8
+        channel = keys.channel | values.channel
+        error = Signal(name="operand_error")
+        m.d.comb += error.eq(
+            lam | (inst.mode[:2] > int(KvMode.KV4_CHANNEL)) | (inst.mode[2:4] > int(KvMode.KV4_CHANNEL))
+            | (d == 0) | (heads_rem != 0) | (kvh_count == 0) | (group_rem != 0) | (d > self.max_head_dim)
+            | (four_bit & d[0]) | (channel & ((block == 0) | (keys.channel & (keys.cap_rem != 0))
+                                             | (values.channel & (values.cap_rem != 0))))
+            | (count > cap) | (count > self.max_keys) | (inst.src1_buf != KV)
+            | (inst.src1_addr + keys.end > kv_bytes) | (inst.stride + values.end > kv_bytes)
+            | beyond_addresses(queries) | beyond_addresses(output)
+            | (overlaps(output, queries) & ~same_region(output, queries))
+            | overlaps(output, key_region) | overlaps(output, value_region))
+
+        # ------------------------------------------------------------ consumers' state
+        q_done, soft_done, v_done = Signal(name="q_done"), Signal(name="soft_done"), Signal(name="v_done")
+        q_scale, q_exp = Signal(16, name="q_scale_mantissa"), Signal(signed(6), name="q_scale_exponent")
+        out_base = Signal(ADDR_BITS, name="out_base")
+        nkeys = Signal(33, name="nkeys")
+
+        # ------------------------------------------------------------ control
+        seg = fetch.seg.payload
+        tq, h, r = Signal(32, name="query"), Signal(16, name="head"), Signal(16, name="in_group")
+        s, vpass = Signal(33, name="key"), Signal(16, name="value_pass")
+        kc = StreamCursor(m, "kc", keys, inst.src1_addr, full_tokens, block, kvh_count, d, kv8)
+        vc = StreamCursor(m, "vc", values, inst.stride, full_tokens, block, kvh_count, d, kv8)
+        head_q = Signal(WIDE, name="head_q")
+        m.d.comb += [seg.b0.eq(0), seg.b1.eq(beats), seg.bits8.eq(kv8)]
+        with m.FSM(name="control"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.next = "SETUP_0"
+            setup_states(m, "SETUP", program, divider, "CHECK")
+            with m.State("CHECK"):
+                m.d.sync += [tq.eq(0), h.eq(0), r.eq(0), q_row.eq(inst.src0_addr), out_row.eq(inst.dst_addr),
+                             head_q.eq(0), nkeys.eq(p + 1), *kc.reset_heads(), *vc.reset_heads()]
+                with m.If(error):
+                    m.d.comb += [self.done.eq(1), self.error.eq(1)]
+                    m.next = "IDLE"
+                with m.Elif(t == 0):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "QUERY"
+            with m.State("QUERY"):
+                m.d.comb += [fetch.seg.valid.eq(1), seg.phase.eq(PHASE_QUERY), seg.final.eq(1), seg.raw.eq(1),
+                             seg.stats.eq(STATS_NONE), seg.fill.eq(0), seg.pairs.eq(0), seg.buf.eq(inst.src0_buf),
+                             seg.addr.eq(q_row + head_q)]
+                with m.If(fetch.seg.ready):
+                    m.d.sync += [q_done.eq(0), out_base.eq(out_row + head_q), *kc.reset()]
+                    m.next = "QUERY_WAIT"
+            with m.State("QUERY_WAIT"):
+                with m.If(q_done):
+                    m.d.sync += [s.eq(0), soft_done.eq(0)]
+                    m.next = "KEYS"
+            with m.State("KEYS"):
+                m.d.comb += [fetch.seg.valid.eq(1), seg.phase.eq(PHASE_KEYS), seg.final.eq(s + 1 == nkeys),
+                             seg.pairs.eq(0), *kc.segment(seg)]
+                with m.If(fetch.seg.ready):
+                    m.d.sync += [s.eq(s + 1), *kc.step()]
+                    with m.If(s + 1 == nkeys):
+                        m.next = "SOFTMAX_WAIT"
+            with m.State("SOFTMAX_WAIT"):
+                with m.If(soft_done):
+                    m.d.sync += [s.eq(0), vpass.eq(0), v_done.eq(0), *vc.reset()]
+                    m.next = "VALUES"
+            with m.State("VALUES"):
+                m.d.comb += [fetch.seg.valid.eq(1), seg.phase.eq(PHASE_VALUES), seg.final.eq(s + 1 == nkeys),
+                             seg.pairs.eq(0), seg.b0.eq(vpass), seg.b1.eq(vpass + 1), *vc.segment(seg)]
+                with m.If(fetch.seg.ready):
+                    m.d.sync += [s.eq(s + 1), *vc.step()]
+                    with m.If(s + 1 == nkeys):
+                        m.d.sync += [s.eq(0), vpass.eq(vpass + 1), *vc.reset()]
+                        with m.If(vpass + 1 == beats):
+                            m.next = "VALUES_WAIT"
+            with m.State("VALUES_WAIT"):
+                with m.If(v_done):
+                    m.next = "QUERY"
+                    with m.If(h + 1 == heads):
+                        m.d.sync += [h.eq(0), r.eq(0), head_q.eq(0), tq.eq(tq + 1), q_row.eq(q_row + 4 * cols),
+                                     out_row.eq(out_row + 4 * cols), nkeys.eq(nkeys + 1),
+                                     *kc.reset_heads(), *vc.reset_heads()]
+                        with m.If(tq + 1 == t):
+                            m.next = "DRAIN"
+                    with m.Else():
+                        m.d.sync += [h.eq(h + 1), head_q.eq(head_q + 4 * d), r.eq(Mux(r + 1 == group, 0, r + 1))]
+                        with m.If(r + 1 == group):
+                            m.d.sync += [*kc.next_head(), *vc.next_head()]
+            with m.State("DRAIN"):
+                with m.If(writer.idle):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+
+        # ------------------------------------------------------------ consumers of the fetched beats
+        beat = fetch.o.payload
+        phase = beat.phase
+        requant = RequantizeUnit(a, self.max_beats)
+        scores = DotProductUnit.scores(a)
+        softmax = SoftmaxUnit(sl, -(-self.max_keys // sl))
+        weighted = [DotProductUnit.weighted_values(1) for _ in range(a)]
+        m.submodules.requant, m.submodules.scores, m.submodules.softmax = requant, scores, softmax
+        for k, unit in enumerate(weighted):
+            m.submodules[f"weighted{k}"] = unit
+        q_codes = Memory(shape=unsigned(8 * a), depth=self.max_beats, init=[])
+        probs = Memory(shape=unsigned(PROB17.bits * sl), depth=-(-self.max_keys // sl), init=[])
+        m.submodules.q_codes, m.submodules.probs = q_codes, probs
+        q_write, q_read = q_codes.write_port(), q_codes.read_port(domain="comb")
+        p_write, p_read = probs.write_port(), probs.read_port(domain="comb")
+
+        # query -> requantize -> codes (lanes past the head cleared)
+        m.d.comb += [requant.i.valid.eq(fetch.o.valid & (phase == PHASE_QUERY)), requant.i.payload.last.eq(beat.last)]
+        m.d.comb += [requant.i.payload.x[k].eq(beat.x[k]) for k in range(a)]
+        q_beat = Signal(range(self.max_beats + 1), name="q_beat")
+        lane_ok = Cat(*((q_beat << _log2(a)) + k < d for k in range(a)))
+        m.d.comb += [requant.o.ready.eq(1), q_write.addr.eq(q_beat), q_write.en.eq(requant.o.valid),
+                     q_write.data.eq(Cat(*(Mux(lane_ok[k], requant.o.payload.q[k], 0) for k in range(a))))]
+        with m.If(requant.o.valid):
+            m.d.sync += q_beat.eq(Mux(requant.o.payload.last, 0, q_beat + 1))
+            with m.If(requant.o.payload.last):
+                m.d.sync += [q_scale.eq(requant.o.payload.scale_mantissa), q_exp.eq(requant.o.payload.scale_exponent),
+                             q_done.eq(1)]
+
+        # keys -> scores (query codes of the beat) -> softmax, L scores a beat
+        finals = _flag_fifo(m, "score_final", depth=DotProductUnit.latency(a) + 3)
+        m.d.comb += q_read.addr.eq(beat.beat)
+        m.d.comb += [scores.i.valid.eq(fetch.o.valid & (phase == PHASE_KEYS) & finals.w_rdy),
+                     scores.i.payload.last.eq(beat.last)]
+        m.d.comb += [scores.i.payload.a[k].eq(q_read.data[8 * k:8 * k + 8].as_signed()) for k in range(a)]
+        m.d.comb += [scores.i.payload.b[k].eq(beat.x[k]) for k in range(a)]
+        m.d.comb += [finals.w_en.eq(scores.i.valid & scores.i.ready & beat.last), finals.w_data.eq(beat.final)]
+        packed = Signal(data.ArrayLayout(signed(48), sl), name="packed_scores")
+        filled = Signal(range(sl + 1), name="packed_count")
+        pending, packed_last = Signal(name="packed_pending"), Signal(name="packed_last")
+        sm_in = softmax.i.payload
+        m.d.comb += [softmax.i.valid.eq(pending), sm_in.act_mantissa.eq(q_scale), sm_in.act_exponent.eq(q_exp),
+                     sm_in.last.eq(packed_last), softmax.log2e_mantissa.eq(log2e_m), softmax.log2e_shift.eq(log2e_s)]
+        m.d.comb += [sm_in.score[k].eq(packed[k]) for k in range(sl)]
+        m.d.comb += [sm_in.visible[k].eq(k < filled) for k in range(sl)]
+        sent = softmax.i.valid & softmax.i.ready
+        accept = scores.o.valid & (~pending | sent)  # a score may start the next beat as the last one leaves
+        slot = Mux(sent, 0, filled)
+        m.d.comb += [scores.o.ready.eq(~pending | sent), finals.r_en.eq(accept)]
+        with m.If(sent):
+            m.d.sync += [pending.eq(0), filled.eq(0)]
+        with m.If(accept):
+            with m.Switch(slot):
+                for k in range(sl):
+                    with m.Case(k):
+                        m.d.sync += packed[k].eq(scores.o.payload.y)
+            m.d.sync += filled.eq(slot + 1)
+            with m.If(finals.r_data | (slot + 1 == sl)):
+                m.d.sync += [pending.eq(1), packed_last.eq(finals.r_data)]
+        p_beat = Signal(range(-(-self.max_keys // sl) + 1), name="p_beat")
+        m.d.comb += [softmax.o.ready.eq(1), p_write.addr.eq(p_beat), p_write.en.eq(softmax.o.valid),
+                     p_write.data.eq(Cat(*(softmax.o.payload.p[k] for k in range(sl))))]
+        with m.If(softmax.o.valid):
+            m.d.sync += p_beat.eq(Mux(softmax.o.payload.last, 0, p_beat + 1))
+            with m.If(softmax.o.payload.last):
+                m.d.sync += soft_done.eq(1)
+
+        # values -> A accumulating lanes -> the output slice
+        vkey = Signal(33, name="value_key")
+        m.d.comb += p_read.addr.eq(vkey >> _log2(sl))
+        prob = p_read.data.word_select(vkey[:_log2(sl)] if sl > 1 else 0, PROB17.bits)
+        all_ready = Cat(*(u.i.ready for u in weighted)).all()
+        take_v = fetch.o.valid & (phase == PHASE_VALUES) & all_ready
+        for k, unit in enumerate(weighted):
+            m.d.comb += [unit.i.valid.eq(take_v), unit.i.payload.a[0].eq(prob), unit.i.payload.b[0].eq(beat.x[k]),
+                         unit.i.payload.last.eq(beat.final)]
+        with m.If(take_v):
+            m.d.sync += vkey.eq(Mux(beat.final, 0, vkey + 1))
+        m.d.comb += fetch.o.ready.eq(Mux(phase == PHASE_QUERY, requant.i.ready,
+                                         Mux(phase == PHASE_KEYS, scores.i.ready & finals.w_rdy, all_ready)))
+        out_valid = Cat(*(u.o.valid for u in weighted)).all()
+        out_pass = Signal(16, name="out_pass")
+        left = d - (out_pass << _log2(a))
+        out = writer.i.payload
+        m.d.comb += [writer.i.valid.eq(out_valid), out.buf.eq(inst.dst_buf),
+                     out.addr.eq(out_base + (out_pass << _log2(4 * a))),
+                     out.count.eq(Mux(left < a, left, a) << 2),
+                     out.data.eq(Cat(*(u.o.payload.y for u in weighted)))]
+        for unit in weighted:
+            m.d.comb += unit.o.ready.eq(out_valid & writer.i.ready)
+        with m.If(out_valid & writer.i.ready):
+            m.d.sync += out_pass.eq(out_pass + 1)
+            with m.If(out_pass + 1 == beats):
+                m.d.sync += [out_pass.eq(0), v_done.eq(1)]
+        return m
+
+
+def _flag_fifo(m: Module, name: str, depth: int):
+    """A one-bit SyncFIFO (a flag beside a unit's rows)."""
+    queue = fifo.SyncFIFO(width=1, depth=depth)
+    m.submodules[name] = queue
+    return queue
