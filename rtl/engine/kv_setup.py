@@ -163,3 +163,67 @@ def merged(*programs: list) -> list:
         else:
             out.extend(items)
     return out
+
+
+def code_row_bytes(act32, kv8, width):
+    """Bytes of one token's codes (or ACT32 values) of `width` elements."""
+    return Mux(act32, 4 * width, Mux(kv8, width, width >> 1))
+
+
+def minimum(a, b):
+    return Mux(a < b, a, b)
+
+
+class LambdaRegs:
+    """One Λ stream region's layout (compiler/kv_layout.LambdaStreamLayout) as registers, and the
+    setup program computing them from the stream's `mode`, `kv` heads, `width` = KV·D, `head_dim`,
+    `block` B, the registers S (`sinks`), W (`window`), C (`chunk`) and `kv8`.
+
+    Token streams (ACT32, per token): `token_slots` = S + W + C slots, `codes` and `stats` section
+    offsets. Per channel: `sink_block` = min(B, S) (0 without sinks), `window_block` = min(B, W),
+    `window_slots` = ceil(W/Bw) + ceil(C/Bw) + 1, `raw_ring` = Bw + C, and the offsets of the six
+    sections (`sink_codes`, `sink_stats`, `sink_raw`, `window_codes`, `window_stats`,
+    `window_raw`); `end` is the region's bytes. `program` is a list for `setup_states`.
+    """
+
+    SECTIONS = ("sink_codes", "sink_stats", "sink_raw", "window_codes", "window_stats", "window_raw")
+
+    def __init__(self, name: str, mode, kv, width, head_dim, block, sinks, window, chunk, kv8):
+        self.act32, self.token, self.channel = (mode == int(KvMode.ACT32), mode == int(KvMode.KV4_TOKEN),
+                                                mode == int(KvMode.KV4_CHANNEL))
+        new = lambda field, width_=WIDE: Signal(width_, name=f"{name}_{field}")  # noqa: E731
+        self.code_row, self.head_bytes = new("code_row", 20), new("head_bytes", 20)
+        self.token_slots, self.sink_block, self.window_block = new("token_slots", 18), new("sink_block", 16), \
+            new("window_block", 16)
+        self.sink_slots, self.window_slots, self.raw_ring = new("sink_slots", 18), new("window_slots", 18), \
+            new("raw_ring", 18)
+        slots_w, slots_c = new("slots_w", 18), new("slots_c", 18)
+        sizes = {k: new(f"{k}_size") for k in self.SECTIONS + ("codes", "stats")}
+        self.offsets = {k: new(k) for k in self.SECTIONS + ("codes", "stats")}
+        self.end = new("end")
+        sink_block, window_block = self.sink_block, self.window_block
+        o = self.offsets
+        self.program = [
+            Step((self.code_row, code_row_bytes(self.act32, kv8, width)),
+                 (self.head_bytes, code_row_bytes(self.act32, kv8, head_dim)),
+                 (self.token_slots, sinks + window + chunk),
+                 (sink_block, Mux(sinks == 0, 0, minimum(block, sinks))), (window_block, minimum(block, window))),
+            Divide(self.sink_slots, None, Mux(sinks == 0, 0, sinks + sink_block - 1), Mux(sinks == 0, 1, sink_block), 17),
+            Divide(slots_w, None, window + window_block - 1, window_block, 17),
+            Divide(slots_c, None, chunk + window_block - 1, window_block, 17),
+            Step((self.window_slots, slots_w + slots_c + 1), (self.raw_ring, window_block + chunk),
+                 (sizes["codes"], self.token_slots * self.code_row),
+                 (sizes["stats"], Mux(self.token, self.token_slots * 8 * kv, 0)),
+                 (sizes["sink_codes"], self.sink_slots * sink_block), (sizes["sink_stats"], self.sink_slots * 8 * width),
+                 (sizes["sink_raw"], sinks * 4 * width)),
+            Step((sizes["sink_codes"], sizes["sink_codes"] * self.code_row),
+                 (sizes["window_codes"], self.window_slots * window_block),
+                 (sizes["window_stats"], self.window_slots * 8 * width), (sizes["window_raw"], self.raw_ring * 4 * width),
+                 (o["codes"], 0), (o["stats"], align64(sizes["codes"])), (o["sink_codes"], 0)),
+            Step((sizes["window_codes"], sizes["window_codes"] * self.code_row)),
+        ]
+        chain = self.SECTIONS
+        for before, after in zip(chain, chain[1:]):
+            self.program.append(Step((o[after], align64(o[before] + sizes[before]))))
+        self.program.append(Step((self.end, Mux(self.channel, align64(o["window_raw"] + sizes["window_raw"]),
+                                                align64(o["stats"] + sizes["stats"])))))

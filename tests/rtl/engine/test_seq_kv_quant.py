@@ -51,6 +51,37 @@ def kv_quant_case(rng, name: str, mode: KvMode, t: int, p: int, kv: int, d: int,
                 outputs=[(KV, dst, lay.nbytes)])
 
 
+def lambda_case(rng, name: str, mode: KvMode, t: int, p: int, kv: int, d: int, sinks: int, window: int, chunk: int,
+                block: int = 4, kv8: bool = False, src: int = 0, dst: int = 0) -> Case:
+    inst = Instruction(Opcode.KV_QUANT, mode=int(mode), flags=int(Flag.LAMBDA) | (int(Flag.KV8) if kv8 else 0),
+                       rows_src=RowSource.TOKENS, src0_buf=ACT, src0_addr=src, dst_buf=KV, dst_addr=dst, cols=kv * d,
+                       depth=d, aux=block)
+    lay = LambdaStreamLayout(mode, sinks, window, chunk, kv, d, block, 8 if kv8 else 4)
+    region = rng.integers(0, 256, lay.nbytes, dtype=np.uint8).tobytes()
+    x = act32_rows(rng, t, kv * d).astype("<i4").tobytes()
+    return Case(name, inst, t, Registers(t, p, sinks, window, chunk), inputs=[(ACT, src, x), (KV, dst, region)],
+                outputs=[(KV, dst, lay.nbytes)])
+
+
+def lambda_cases(seed: int) -> list[Case]:
+    rng = np.random.default_rng(seed)
+    c = lambda *a, **k: lambda_case(rng, *a, **k)  # noqa: E731
+    raw, tok, ch = KvMode.ACT32, KvMode.KV4_TOKEN, KvMode.KV4_CHANNEL
+    return [
+        c("act32_ring_filling", raw, 3, 0, 2, 4, 2, 4, 3),
+        c("act32_chunk_wraps_slots", raw, 3, 7, 1, 4, 2, 4, 3, dst=40),
+        c("token_kv8_ring_full", tok, 2, 10, 2, 4, 1, 4, 2, kv8=True, src=8),
+        c("channel_sinks_fill", ch, 3, 0, 2, 4, 2, 6, 3),
+        c("channel_window_block", ch, 3, 5, 2, 4, 2, 6, 3, dst=16),
+        c("channel_block_wraps_raw_ring", ch, 2, 8, 2, 4, 2, 6, 3),
+        c("channel_ring_full_slot_wraps", ch, 3, 20, 1, 6, 2, 6, 3, kv8=True, src=4),
+        c("channel_sinks_only", ch, 3, 1, 1, 4, 4, 2, 3),
+        c("channel_no_sinks", ch, 2, 3, 2, 4, 0, 4, 2, block=2),
+        c("channel_sink_tail_never_fills", ch, 5, 0, 1, 4, 3, 4, 5, block=2),
+        c("channel_no_block_completes", ch, 1, 6, 2, 4, 2, 6, 3),
+    ]
+
+
 def dense_cases(seed: int) -> list[Case]:
     rng = np.random.default_rng(seed)
     c = lambda *a, **k: kv_quant_case(rng, *a, **k)  # noqa: E731
@@ -92,6 +123,25 @@ def aligned(case: Case, word: int) -> bool:
     i = case.inst
     return (i.src0_addr % word == 0 and i.dst_addr % word == 0 and 4 * i.cols % word == 0
             and (i.mode != KvMode.KV4_TOKEN or 4 * i.depth % word == 0))
+
+
+@pytest.mark.parametrize("geometry", [TINY, WIDE32], ids=["tiny", "wide32"])
+@pytest.mark.parametrize("simulator", simulator_params())
+def test_kv_quant_lambda_equals_emulator(geometry, simulator, tmp_path):
+    cases = lambda_cases(9 if geometry is TINY else 10)
+    runs = check(KvQuantSequencer(geometry, MAX_HEAD_DIM, MAX_BLOCK), cases, simulator, tmp_path, "seq_kv_quant")
+    timed = 0
+    for case, run in zip(cases, runs):
+        i, r = case.inst, case.regs
+        model = KvQuantSequencer.cycles(geometry, KvMode(i.mode), case.rows, r.position, i.cols // i.depth, i.depth,
+                                        i.aux, (r.sinks, r.window, r.chunk))
+        print(case.name, run.cycles, model)
+        if aligned(case, geometry.word_bytes):
+            assert run.cycles == model, f"case {case.name}: {run.cycles} cycles, the formula says {model}"
+            timed += 1
+        else:
+            assert run.cycles >= model, f"case {case.name}: {run.cycles} cycles, below the aligned {model}"
+    assert timed >= 5
 
 
 ERRORS = [  # (name, instruction changes, rows, position): operands the sequencer refuses (done with error)
