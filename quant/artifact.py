@@ -252,3 +252,68 @@ def _sizes(config: ModelConfig, recipe: Recipe, tensors: dict, layouts: dict) ->
 def _parent(name: str) -> str:
     """``self_attn`` or ``mlp``: the submodule holding projection ``name``."""
     return "self_attn" if name in ATTENTION_PROJECTIONS else "mlp"
+
+
+UNROUNDED = "unrounded.safetensors"
+
+
+def save_unrounded(folder: Path | str, model: LlamaModel) -> Path:
+    """Write GPTQ's pre-rounding weights of ``model``'s decoder projections (float32 ``[out, in]``,
+    zero where 2:4 pruned) next to the artifact in ``folder`` as ``unrounded.safetensors``, tied
+    to that artifact by the sha256 of its codes: the starting point that block reconstruction and
+    ``weights``-mode QAT need when they start from the artifact (``--qat-from``). Not part of the
+    compressed model (the manifest does not list it); written atomically."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tensors = {}
+    for i, name, module in iter_linears(model):
+        if not isinstance(module, QuantLinear) or module.unrounded is None:
+            raise InputError(f"layer {i} {name} has no unrounded GPTQ weights to keep (only a freshly "
+                             "calibrated, untrained model has them); drop --keep-unrounded")
+        tensors[f"model.layers.{i}.{_parent(name)}.{name}"] = module.unrounded.float().contiguous()
+    path = folder / UNROUNDED
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"codes_sha256": _codes_digest(model)})
+    tmp.replace(path)
+    return path
+
+
+def load_unrounded(folder: Path | str, model: LlamaModel) -> bool:
+    """Attach the pre-rounding weights of ``folder``'s ``unrounded.safetensors`` (see
+    :func:`save_unrounded`) to ``model``, the artifact's model; False when there is no such file.
+    Raises InputError when the file is damaged or was written for other codes."""
+    from safetensors import safe_open
+
+    path = Path(folder) / UNROUNDED
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            digest = (handle.metadata() or {}).get("codes_sha256")
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types for truncated or bad headers
+        raise InputError(f"{path} is damaged and cannot be read ({err}); delete it, or quantize again "
+                         "with --keep-unrounded") from None
+    if digest != _codes_digest(model):
+        raise InputError(f"{path} was written for other codes than the artifact's {TENSORS}; the files do "
+                         "not belong together (delete it, or quantize again with --keep-unrounded)")
+    for i, name, module in iter_linears(model):
+        key = f"model.layers.{i}.{_parent(name)}.{name}"
+        tensor = tensors.get(key)
+        if tensor is None or tuple(tensor.shape) != tuple(module.weight.shape):
+            raise InputError(f"{path} lacks {key} or holds it with another shape; delete it, or quantize "
+                             "again with --keep-unrounded")
+        module.unrounded = tensor.float()
+    return True
+
+
+def _codes_digest(model: LlamaModel) -> str:
+    """sha256 over the codes, scales, zero points and 2:4 masks of ``model``'s decoder projections."""
+    digest = hashlib.sha256()
+    for _, _, module in iter_linears(model):
+        for key in ("codes", "scales", "zeros", "mask_codes"):
+            tensor = getattr(module, key)
+            if tensor is not None:
+                digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -165,7 +165,8 @@ def block_reconstruction(student: LlamaModel, teacher: LlamaModel, windows: torc
         # measured on SmolLM2 (docs/compression_measurements.md): latent weights that start on the
         # grid give the scales no gradient (round(w/s) - w/s is 0) and the layer error rose
         raise InputError("block reconstruction starts from GPTQ's unrounded weights, which a saved "
-                         "artifact does not keep; drop --qat-from (calibrate afresh) or --qat-block-epochs")
+                         "artifact keeps only when quantized with --keep-unrounded; pass --qat-from an "
+                         "artifact made so, drop --qat-from (calibrate afresh) or drop --qat-block-epochs")
     fingerprint = _fingerprint(student, windows, held_out, config)
     state = {"kind": CHECKPOINT_KIND, "fingerprint": fingerprint, "done": 0, "layers": {}}
     if checkpoint is not None and checkpoint.is_file():

@@ -199,29 +199,42 @@ def train_qat(student: LlamaModel, teacher: LlamaModel | None, windows: torch.Te
     return losses
 
 
-def training_windows(tokenizer, recipe, seq_len: int) -> torch.Tensor:
-    """All non-overlapping ``seq_len``-token windows ``[N, seq_len]`` of the calibration texts."""
+def training_tokens(tokenizer, recipe) -> list[int]:
+    """The texts QAT and block reconstruction train on, tokenized and concatenated: the recipe's
+    ``qat_texts``, or its calibration texts when it names none."""
+    import dataclasses
+
     from llmfab.quant.calibrate import calibration_tokens
 
-    tokens = calibration_tokens(tokenizer, recipe)
+    if recipe.qat_texts:
+        recipe = dataclasses.replace(recipe, calib_texts=recipe.qat_texts)
+    return calibration_tokens(tokenizer, recipe)
+
+
+def training_windows(tokenizer, recipe, seq_len: int) -> torch.Tensor:
+    """All non-overlapping ``seq_len``-token windows ``[N, seq_len]`` of the training texts
+    (:func:`training_tokens`)."""
+    tokens = training_tokens(tokenizer, recipe)
     count = len(tokens) // seq_len
     if count < 1:
-        raise InputError(f"the calibration text has {len(tokens)} tokens, fewer than one QAT window "
-                         f"of {seq_len}; pass a longer --calib-text")
+        raise InputError(f"the training text has {len(tokens)} tokens, fewer than one QAT window "
+                         f"of {seq_len}; pass a longer --qat-text or --calib-text")
     return torch.tensor(tokens[: count * seq_len], dtype=torch.long).view(count, seq_len)
 
 
 QAT_FIELDS = ("qat_steps", "qat_lr", "qat_scale_lr", "qat_loss", "qat_mode", "qat_block_epochs",
-              "qat_block_samples", "qat_block_lr", "qat_block_scale_lr")
+              "qat_block_samples", "qat_block_lr", "qat_block_scale_lr", "qat_texts")
 BLOCK_HELD_OUT = 2  # windows at the end of the calibration text that block reconstruction never trains on
 
 
 def post_training_model(folder, config, recipe) -> LlamaModel:
     """The fake-quant model of the post-training artifact ``folder``, checked to be of the model
     ``config`` (ModelConfig) and of ``recipe`` up to its QAT settings: the starting point of QAT
-    without calibrating again. An artifact does not keep GPTQ's pre-rounding weights, so
-    ``weights``-mode QAT from it starts with latent weights on the grid."""
-    from llmfab.quant.artifact import load_artifact
+    without calibrating again. GPTQ's pre-rounding weights come from the artifact's
+    ``unrounded.safetensors`` (written by ``llmfab quantize --keep-unrounded``) when it has one;
+    without it ``weights``-mode QAT starts with latent weights on the grid and block
+    reconstruction refuses to start."""
+    from llmfab.quant.artifact import load_artifact, load_unrounded
 
     artifact = load_artifact(folder)
     if artifact.config != config:
@@ -233,24 +246,25 @@ def post_training_model(folder, config, recipe) -> LlamaModel:
         raise InputError(f"--qat-from {folder} was made with a different recipe ({', '.join(differ)}: "
                          f"{[theirs.get(k) for k in differ]} there, {[mine[k] for k in differ]} here); "
                          "use the same preset and options, or drop --qat-from to calibrate afresh")
+    load_unrounded(folder, artifact.model)
     return artifact.model
 
 
 def block_windows(tokenizer, recipe) -> tuple[torch.Tensor, torch.Tensor]:
     """(training windows ``[qat_block_samples, calib_seq_len]``, held-out windows
     ``[BLOCK_HELD_OUT, calib_seq_len]``) of block reconstruction: the held-out windows are the
-    calibration text's last tokens, the training windows spread evenly over the tokens before them
-    (overlapping evenly when there are too few)."""
-    from llmfab.quant.calibrate import calibration_tokens, spread_windows
+    training text's last tokens (:func:`training_tokens`), the training windows spread evenly over
+    the tokens before them (overlapping evenly when there are too few)."""
+    from llmfab.quant.calibrate import spread_windows
 
-    tokens = torch.tensor(calibration_tokens(tokenizer, recipe), dtype=torch.long)
+    tokens = torch.tensor(training_tokens(tokenizer, recipe), dtype=torch.long)
     seq_len = recipe.calib_seq_len
     held = BLOCK_HELD_OUT * seq_len
     if len(tokens) < held + seq_len:
         raise InputError(f"block reconstruction needs at least {held + seq_len} calibration tokens "
                          f"({BLOCK_HELD_OUT} held-out windows and one training window of --calib-seq-len "
-                         f"{seq_len}); the calibration text has {len(tokens)}: pass a longer --calib-text "
-                         "or a shorter --calib-seq-len")
+                         f"{seq_len}); the training text has {len(tokens)}: pass a longer --qat-text or "
+                         "--calib-text, or a shorter --calib-seq-len")
     return (spread_windows(tokens[: len(tokens) - held], recipe.qat_block_samples, seq_len),
             tokens[len(tokens) - held :].view(BLOCK_HELD_OUT, seq_len))
 
@@ -266,7 +280,7 @@ class QatRun:
 
 def run_recipe_qat(model: LlamaModel, checkpoint, recipe, checkpoint_path: Path, progress=None) -> QatRun:
     """Training of a post-training quantized ``model`` as its recipe says (teacher: the
-    checkpoint's float weights; data: the calibration texts): block reconstruction first when
+    checkpoint's float weights; data: :func:`training_tokens`): block reconstruction first when
     ``qat_block_epochs`` > 0 (its per-layer checkpoint is ``checkpoint_path`` with the suffix
     ``.block.pt``), then ``qat_steps`` end-to-end QAT steps (checkpoint ``checkpoint_path``).
     Both checkpoints are removed when everything is done."""

@@ -79,7 +79,8 @@ class Recipe:
     None leaves the weights as they are. ``head_act_bits`` is the LM head's input width: 8
     (per-token int8) or 16 (float, A16); None means ``act_bits``. ``qat_block_epochs`` > 0 runs
     block-wise reconstruction (quant/block_ap.py) on ``qat_block_samples`` windows of
-    ``calib_seq_len`` tokens before the ``qat_steps`` end-to-end QAT steps.
+    ``calib_seq_len`` tokens before the ``qat_steps`` end-to-end QAT steps. Both train on
+    ``qat_texts`` (UTF-8 files; empty means the calibration texts).
     """
 
     name: str
@@ -106,6 +107,7 @@ class Recipe:
     qat_block_samples: int = 64
     qat_block_lr: float = 1e-4
     qat_block_scale_lr: float = 1e-3
+    qat_texts: tuple[str, ...] = ()
     smooth_alpha: float | None = None
     head_act_bits: int | None = None
 
@@ -194,8 +196,9 @@ class Recipe:
         for key, kind in _ENUM_FIELDS.items():
             if key in values and not isinstance(values[key], kind):
                 values[key] = _parse_enum(kind, values[key], key)
-        if "calib_texts" in values:
-            values["calib_texts"] = tuple(str(t) for t in values["calib_texts"])
+        for key in ("calib_texts", "qat_texts"):
+            if key in values:
+                values[key] = tuple(str(t) for t in values[key])
         base = PRESETS[preset]
         if "window" in values and base.sinks is None and "sinks" not in values:
             values["sinks"] = DEFAULT_SINKS
@@ -230,6 +233,7 @@ class Recipe:
         for key in _ENUM_FIELDS:
             out[key] = out[key].value
         out["calib_texts"] = list(self.calib_texts)
+        out["qat_texts"] = list(self.qat_texts)
         return out
 
     @classmethod
@@ -243,6 +247,7 @@ class Recipe:
             if key in values:
                 values[key] = _parse_enum(kind, values[key], key)
         values["calib_texts"] = tuple(values.get("calib_texts", ()))
+        values["qat_texts"] = tuple(values.get("qat_texts", ()))  # absent from artifacts made before it
         return cls(**values)
 
 

@@ -67,3 +67,39 @@ def test_eval_of_a_damaged_artifact_exits_2(tmp_path, capsys):
     (tmp_path / "manifest.json").write_text("{not json")
     assert main(["eval", "--artifact", str(tmp_path), "--ctx", "64"]) == 2
     assert "manifest.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_help_lists_the_block_reconstruction_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["quantize", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--qat-block-epochs", "--qat-block-samples", "--qat-block-lr", "--qat-block-scale-lr",
+                   "--qat-text", "--qat-from", "--keep-unrounded"):
+        assert option in text
+    assert "Block-AP" in text and "unrounded.safetensors" in text
+
+
+def test_block_reconstruction_from_a_kept_unrounded_artifact(tiny_hf_folder, tmp_path, capsys):
+    """PTQ with --keep-unrounded, then --qat-from it: block reconstruction (on its own --qat-text)
+    and the end-to-end step run without calibrating again."""
+    ptq = tmp_path / "ptq"
+    assert main(["quantize", str(tiny_hf_folder), "--preset", "w2a8kv4", "-o", str(ptq), *FAST,
+                 "--qat-steps", "0", "--keep-unrounded"]) == 0
+    assert (ptq / "unrounded.safetensors").is_file()
+    text = tmp_path / "train.txt"
+    text.write_text("Captain Wentworth wrote the letter while the others talked. " * 40)
+    out = tmp_path / "block"
+    assert main(["quantize", str(tiny_hf_folder), "--preset", "w2a8kv4", "-o", str(out), *FAST,
+                 "--qat-from", str(ptq), "--qat-text", str(text), "--qat-block-epochs", "1",
+                 "--qat-block-samples", "4", "--qat-block-lr", "1e-3", "--qat-steps", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "block reconstruction: 2 layers, held-out output MSE" in captured.err and "QAT: 2 steps" in captured.err
+    assert not (out / "unrounded.safetensors").exists()  # trained: no pre-rounding weights to keep
+    recipe = json.loads((out / "manifest.json").read_text())["recipe"]
+    assert (recipe["qat_block_epochs"], recipe["qat_block_lr"], recipe["qat_texts"]) == (1, 1e-3, [str(text)])
+    assert json.loads((ptq / "manifest.json").read_text())["recipe"]["qat_texts"] == []
+
+    assert main(["quantize", str(tiny_hf_folder), "--preset", "w2a8kv4", "-o", str(tmp_path / "x"), *FAST,
+                 "--qat-steps", "3", "--keep-unrounded"]) == 2
+    assert "--keep-unrounded keeps GPTQ's pre-rounding weights" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

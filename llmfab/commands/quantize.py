@@ -74,9 +74,19 @@ def add_arguments(parser) -> None:
                         help="block reconstruction learning rate of the latent weights (default 1e-4)")
     parser.add_argument("--qat-block-scale-lr", type=float,
                         help="block reconstruction learning rate of the per-group scales (default 1e-3)")
+    parser.add_argument("--qat-text", action="append", metavar="FILE",
+                        help="UTF-8 text block reconstruction and the end-to-end QAT steps train on "
+                        "(repeatable; default: the calibration text). May differ from the calibration "
+                        "text of a --qat-from artifact")
     parser.add_argument("--qat-from", metavar="ARTIFACT",
                         help="skip calibration and start QAT from this post-training artifact of the "
-                        "same model and recipe (QAT settings may differ)")
+                        "same model and recipe (QAT settings may differ); block reconstruction needs "
+                        "one quantized with --keep-unrounded")
+    parser.add_argument("--keep-unrounded", action="store_true",
+                        help="post-training only (--qat-steps 0): also write GPTQ's pre-rounding "
+                        "weights to DIR/unrounded.safetensors (float32, 4 bytes a weight, about 425 MB "
+                        "for SmolLM2-135M; not part of the compressed model), so that --qat-from DIR "
+                        "can run block reconstruction later")
     parser.add_argument("--head-act-bits", type=int, choices=(8, 16),
                         help="bits of the LM head's input: 8 = per-token int8 like the other linear "
                         "layers, 16 = left in floating point (default: as --act-bits, except w8a8kv8: 16)")
@@ -120,6 +130,7 @@ def recipe_from_args(args):
         qat_lr=args.qat_lr, qat_scale_lr=args.qat_scale_lr, qat_loss=args.qat_loss, qat_mode=args.qat_mode,
         qat_block_epochs=args.qat_block_epochs, qat_block_samples=args.qat_block_samples,
         qat_block_lr=args.qat_block_lr, qat_block_scale_lr=args.qat_block_scale_lr,
+        qat_texts=args.qat_text,
         smooth_alpha=None if smoothing_off else args.smooth_alpha,
     )
     return dataclasses.replace(recipe, smooth_alpha=None) if smoothing_off else recipe
@@ -134,6 +145,12 @@ def run(args) -> int:
     check_output_folder(args.output)
     checkpoint, model = load_float_model(args.model, not args.no_cache)
     recipe.check_model(checkpoint.config)
+    if args.keep_unrounded and (recipe.trains or args.qat_from):
+        from llmfab.errors import InputError
+
+        raise InputError("--keep-unrounded keeps GPTQ's pre-rounding weights of a post-training run, "
+                         "which training replaces; give --qat-steps 0 (and no --qat-block-epochs or "
+                         "--qat-from)")
     start = time.perf_counter()
     if args.qat_from:
         from llmfab.errors import InputError
@@ -152,6 +169,10 @@ def run(args) -> int:
         run = run_recipe_qat(model, checkpoint, recipe, Path(f"{args.output.rstrip('/')}.qat.pt"), progress)
         _print_training(recipe, run)
     manifest = save_artifact(args.output, model, recipe, checkpoint.tokenizer, model_name=args.model)
+    if args.keep_unrounded:
+        from llmfab.quant.artifact import save_unrounded
+
+        save_unrounded(args.output, model)
     sizes = manifest["sizes"]
     print(f"{args.model} -> {args.output} ({recipe.name}, {time.perf_counter() - start:.1f} s): "
           f"{sizes['bits_per_weight']:.3f} bits/weight in decoder layers (codes, scales, zero points, "

@@ -119,3 +119,31 @@ def test_output_folder_with_other_files_is_refused_and_artifacts_are_replaced(sa
         check_output_folder(tmp_path)
     check_output_folder(folder)  # an earlier artifact may be replaced
     check_output_folder(tmp_path / "new")
+
+
+def test_unrounded_weights_round_trip_next_to_the_artifact(saved, copy):
+    """``unrounded.safetensors`` (``--keep-unrounded``) gives the loaded model GPTQ's pre-rounding
+    weights bit for bit, outside the manifest; a file of other codes or a damaged one is refused."""
+    from llmfab.quant.artifact import UNROUNDED, load_unrounded, save_unrounded
+    from llmfab.quant.model import iter_linears
+
+    model = saved[0]
+    assert not load_unrounded(copy, load_artifact(copy).model)  # none written: nothing attached
+    save_unrounded(copy, model)
+    loaded = load_artifact(copy).model  # the extra file does not disturb the artifact's checks
+    assert load_unrounded(copy, loaded)
+    for (_, _, a), (_, _, b) in zip(iter_linears(model), iter_linears(loaded)):
+        assert b.unrounded.dtype == torch.float32 and torch.equal(a.unrounded, b.unrounded)
+
+    other = load_artifact(copy).model
+    other.model.layers[0].self_attn.q_proj.scales[0, 0] += 1
+    with pytest.raises(InputError, match="other codes.*--keep-unrounded"):
+        load_unrounded(copy, other)
+    (copy / UNROUNDED).write_bytes((copy / UNROUNDED).read_bytes()[:100])
+    with pytest.raises(InputError, match="damaged"):
+        load_unrounded(copy, load_artifact(copy).model)
+    stripped = load_artifact(copy).model
+    for _, _, module in iter_linears(stripped):
+        module.unrounded = None
+    with pytest.raises(InputError, match="no unrounded GPTQ weights"):
+        save_unrounded(copy, stripped)

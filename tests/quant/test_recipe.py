@@ -95,3 +95,11 @@ def test_kv_bytes_per_token():
     per_token = Recipe.from_preset("w4a8kv4", kv_key_granularity="per-token")
     assert kv_bytes_per_token(SMOLLM2_LIKE, per_token) == 2 * 30 * 3 * (32 + 4)
     assert kv_bytes_per_token(SMOLLM2_LIKE, PRESETS["w8a8kv8"]) == 30 * 3 * ((64 + 8) + (64 + 4))
+
+
+def test_qat_texts_round_trip_and_default_for_older_manifests():
+    recipe = Recipe.from_preset("w2a8kv4", qat_texts=["a.txt", "b.txt"])
+    assert recipe.qat_texts == ("a.txt", "b.txt") and recipe.to_dict()["qat_texts"] == ["a.txt", "b.txt"]
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    older = {k: v for k, v in Recipe.from_preset("w2a8kv4").to_dict().items() if k != "qat_texts"}
+    assert Recipe.from_dict(older) == Recipe.from_preset("w2a8kv4")
