@@ -418,10 +418,14 @@ class Registers:
         raise IsaError(f"start source {source} does not exist (0..2)")
 
 
+# Plain ints of the flags the per-instruction functions below test (IntFlag arithmetic is slow).
+_RING, _STRIPED = int(Flag.RING), int(Flag.STRIPED)
+
+
 def hbm_row(inst: Instruction, row: int) -> tuple[int, int]:
     """(pseudo-channel, byte offset) of row ``row`` of a MEMORY instruction (STRIPED spreads rows
     round-robin over ``sub`` pseudo-channels from ``pc``)."""
-    if inst.flags & Flag.STRIPED and inst.sub > 1:
+    if inst.flags & _STRIPED and inst.sub > 1:
         return inst.pc + row % inst.sub, inst.hbm_offset + (row // inst.sub) * inst.hbm_stride
     return inst.pc, inst.hbm_offset + row * inst.hbm_stride
 
@@ -437,7 +441,7 @@ def row_range(inst: Instruction, regs: Registers) -> tuple[int, int]:
     end = regs.value(inst.rows_src, inst.rows)
     if inst.opcode not in UNIT_OF:  # COMPUTE
         return 0, end
-    if inst.flags & Flag.RING:
+    if inst.flags & _RING:
         runs = ring_runs(inst, regs)
         return (runs[0][0] if runs else 0), sum(n for _, n in runs)
     shift = inst.block_shift
@@ -496,7 +500,7 @@ def ring_runs(inst: Instruction, regs: Registers) -> tuple[tuple[int, int], ...]
 def transfer_runs(inst: Instruction, regs: Registers) -> tuple[tuple[int, int], ...]:
     """Contiguous runs ``(first row, rows)`` of a MEMORY instruction under ``regs`` (none if it
     moves nothing): one run, or up to two for a RING transfer that wraps."""
-    if inst.flags & Flag.RING:
+    if inst.flags & _RING:
         return ring_runs(inst, regs)
     start, count = row_range(inst, regs)
     return ((start, count),) if count else ()

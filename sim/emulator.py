@@ -24,6 +24,7 @@ import numpy as np
 from llmfab.compiler.isa import (
     Buffer,
     Flag,
+    GemmMode,
     Instruction,
     IsaError,
     Opcode,
@@ -43,7 +44,7 @@ from llmfab.sim.emulator_ops import HANDLERS
 from llmfab.sim.fixed_point import ACT32
 from llmfab.sim.linear_ops import ActCodes
 
-_BUF_AT_START, _STRIPED = int(Flag.BUF_AT_START), int(Flag.STRIPED)
+_BUF_AT_START, _STRIPED, _HALF_ZERO = int(Flag.BUF_AT_START), int(Flag.STRIPED), int(Flag.HALF_ZERO)
 _WGT, _OUT = int(Buffer.WGT), int(Buffer.OUT)
 _MEMORY = (Opcode.LOAD, Opcode.STORE, Opcode.LOAD_ROWS)
 
@@ -93,24 +94,37 @@ class Emulator:
         engine = program.hardware.engine
         sizes = {Buffer.WGT: engine.weight_buffer_bytes, Buffer.ACT: engine.activation_buffer_bytes,
                  Buffer.KV: engine.kv_buffer_bytes, Buffer.OUT: engine.output_buffer_bytes}
-        self.buffers = {b: np.zeros(n, dtype=np.uint8) for b, n in sizes.items()}
+        self._init_buffers(sizes)
         self.images = [entry for entry in self.manifest["hbm"]["pcs"]]
-        self.hbm: list[np.ndarray] = []
-        for entry in self.images:
-            memory = np.zeros(entry["used_bytes"], dtype=np.uint8)
+        if [entry["pc"] for entry in self.images] != list(range(len(self.images))):
+            raise ProgramError(f"{program.folder}: the manifest's HBM pseudo-channels are not numbered 0, 1, ...; "
+                               "the manifest is damaged, compile the program again")
+        # One array [pseudo-channel, byte] so a transfer striped over several pseudo-channels is one
+        # numpy copy; self.hbm[pc] is pseudo-channel pc's used bytes (bounds checks use its size).
+        self.used = np.array([entry["used_bytes"] for entry in self.images], dtype=np.int64)
+        self.image_bytes = np.array([entry["image_bytes"] for entry in self.images], dtype=np.int64)
+        self.hbm_lanes = np.zeros((len(self.images), int(self.used.max(initial=0))), dtype=np.uint8)
+        self.hbm: list[np.ndarray] = [self.hbm_lanes[pc, :n] for pc, n in enumerate(self.used)]
+        for entry, memory in zip(self.images, self.hbm):
             path = program.image_path(entry["pc"])
             if path is not None:
                 data = np.fromfile(path, dtype=np.uint8)
                 memory[:data.size] = data
-            self.hbm.append(memory)
         self.tokens = [self._token_plan(inst) for inst in self.instructions]
-        self.transfer_plans: dict[int, list] = {}
-        self.tile_cache: dict[tuple, PreparedTile] = {}
-        self.wgt_tags: dict[int, tuple] = {}
         lim = self.manifest["limits"]
         self.registers = Registers(0, 0, lim.get("sinks") or 0, lim.get("window") or 0, lim["max_prefill_tokens"])
         self.position = 0
         self.current = 0
+
+    def _init_buffers(self, sizes: dict) -> None:
+        """The on-chip buffers (buffer id -> bytes) and the caches the handlers keep about them:
+        all the state the COMPUTE handlers (sim/emulator_ops.py) use besides the instruction."""
+        self.buffers = {b: np.zeros(n, dtype=np.uint8) for b, n in sizes.items()}
+        self.transfer_plans: dict[int, tuple] = {}
+        self.gemm_shapes: dict[tuple, tuple[TileShape, int]] = {}
+        self.lambda_views: dict[tuple, object] = {}  # sim/emulator_lambda.py: region views by (address, layout)
+        self.tile_cache: dict[tuple, PreparedTile] = {}
+        self.wgt_tags: dict[int, tuple] = {}
 
     # ------------------------------------------------------------- host interface
 
@@ -271,13 +285,23 @@ class Emulator:
         return ActCodes(codes, header[:, 0], header[:, 1])
 
     # -- GEMM support
-    def prepared_tile(self, inst: Instruction, shape: TileShape) -> PreparedTile:
+    def gemm_shape(self, inst: Instruction) -> tuple[TileShape, int]:
+        """The weight tile shape a GEMM names and its bytes (cached by the fields that define it)."""
+        key = (inst.cols, inst.depth, inst.aux, inst.sub, inst.mode, inst.flags & _HALF_ZERO)
+        cached = self.gemm_shapes.get(key)
+        if cached is None:
+            shape = TileShape(inst.cols, inst.depth, inst.aux, inst.sub, bool(GemmMode(inst.mode).sparse),
+                              bool(inst.flags & _HALF_ZERO))
+            cached = self.gemm_shapes[key] = (shape, shape.nbytes)
+        return cached
+
+    def prepared_tile(self, inst: Instruction, shape: TileShape, nbytes: int) -> PreparedTile:
         addr = inst.src1_addr
         tag = self.wgt_tags.get(addr) if inst.src1_buf == _WGT else None
         key = None if tag is None else (tag, shape)
         if key is not None and key in self.tile_cache:
             return self.tile_cache[key]
-        raw = self.span(inst.src1_buf, addr, shape.nbytes)
+        raw = self.span(inst.src1_buf, addr, nbytes)
         tile = PreparedTile(unpack_tile(shape, raw))
         if key is not None:
             self.tile_cache[key] = tile
@@ -311,60 +335,95 @@ class Emulator:
             plan = self._plan_transfer(inst, runs)
             if static:
                 self.transfer_plans[self.current] = plan
-        store = inst.opcode is Opcode.STORE
-        memory = self.buffers[inst.buf]
-        for hbm, hbm_at, buf_at, n in plan[0]:
-            if store:
-                hbm[hbm_at:hbm_at + n] = memory[buf_at:buf_at + n]
-            else:
-                memory[buf_at:buf_at + n] = hbm[hbm_at:hbm_at + n]
-        for hbm_view, buf_view in plan[1]:
-            if store:
+        copies, (lo, hi), initialised = plan
+        if inst.opcode is Opcode.STORE:
+            for hbm_view, buf_view in copies:
                 hbm_view[...] = buf_view
-            else:
-                buf_view[...] = hbm_view
-        lo, hi = plan[2]
-        if store:
-            if plan[3]:
+            if initialised:
                 self.tile_cache.clear()  # a STORE into the initialised (weight) part of HBM
-        elif inst.buf == _WGT:
-            self._untag(lo, hi)
-            if inst.opcode is Opcode.LOAD:
-                start, count = runs[0]
-                self.wgt_tags[lo] = (inst.pc, inst.hbm_offset, inst.sub, inst.hbm_stride, start, count,
-                                     inst.row_bytes, inst.buf_stride, hi - lo)
+        else:
+            for hbm_view, buf_view in copies:
+                buf_view[...] = hbm_view
+            if inst.buf == _WGT:
+                self._untag(lo, hi)
+                if inst.opcode is Opcode.LOAD:
+                    start, count = runs[0]
+                    self.wgt_tags[lo] = (inst.pc, inst.hbm_offset, inst.sub, inst.hbm_stride, start, count,
+                                         inst.row_bytes, inst.buf_stride, hi - lo)
         return sum(n for _, n in runs) * inst.row_bytes
 
     def _plan_transfer(self, inst: Instruction, runs) -> tuple:
-        """(row copies, strided lane copies, buffer byte range, touches initialised HBM) of a
-        transfer's runs of rows (one, or two for a RING transfer that wraps its ring)."""
+        """(``(hbm view, buffer view)`` copies, buffer byte range, touches initialised HBM) of a
+        transfer's runs of rows (one, or two for a RING transfer that wraps its ring). A striped run
+        is at most three copies (docs/isa.md: rows r of one ``r div sub`` share an HBM offset)."""
         mirror = inst.flags & _BUF_AT_START
         base = inst.buf_addr - (0 if mirror else runs[0][0] * inst.buf_stride)
         lanes = max(inst.sub, 1) if inst.flags & _STRIPED else 1
-        copies, strided = [], []
-        initialised = False
-        lo, hi = None, None
+        copies, initialised, lo, hi = [], False, None, None
         for start, count in runs:
             if inst.opcode is Opcode.LOAD_ROWS:
                 ids = self.span(inst.ids_buf, inst.ids_addr, 4 * count).view(np.int32)
-                rows = [(int(i), inst.buf_addr + t * inst.buf_stride) for t, i in enumerate(ids)]
-            elif lanes > 1 and count > lanes:
-                views, touched = self._striped_views(inst, start, count, base, lanes)
-                strided.extend(views)
-                initialised |= touched
-                rows = []
+                first = inst.buf_addr
+                for t, row in enumerate(ids):
+                    at = inst.buf_addr + t * inst.buf_stride
+                    initialised |= self._lane_copy(inst, copies, int(row), int(row) + 1, lanes, at)
             else:
-                rows = [(r, base + r * inst.buf_stride) for r in range(start, start + count)]
-            first = inst.buf_addr if inst.opcode is Opcode.LOAD_ROWS else base + start * inst.buf_stride
+                first = base + start * inst.buf_stride
+                end, row = start + count, start
+                while row < end:  # rows in one HBM offset (a lane group), or whole lane groups
+                    group_end = min((row // lanes + 1) * lanes, end)
+                    if row % lanes == 0 and end - row >= 2 * lanes:
+                        group_end = row + (end - row) // lanes * lanes
+                    initialised |= self._lane_copy(inst, copies, row, group_end, lanes, base + row * inst.buf_stride)
+                    row = group_end
             last = first + (count - 1) * inst.buf_stride + inst.row_bytes
             lo, hi = (first, last) if lo is None else (min(lo, first), max(hi, last))
-            for row, at in rows:
-                pc, offset = hbm_row(inst, row)
-                hbm = self._hbm(inst, pc, offset, inst.row_bytes)
-                self._check(inst.buf, at, at + inst.row_bytes)
-                copies.append((hbm, offset, at, inst.row_bytes))
-                initialised |= offset < self.images[pc]["image_bytes"]
-        return copies, strided, (lo, hi), initialised
+        return copies, (lo, hi), initialised
+
+    def _lane_copy(self, inst: Instruction, copies: list, row: int, end: int, lanes: int, at: int) -> bool:
+        """Append the copy of rows ``row .. end-1`` (all in one lane group ``row div lanes``, or whole
+        lane groups) to ``copies``; buffer row ``row`` at byte ``at``. True if it touches initialised HBM."""
+        rb, stride, buf_stride = inst.row_bytes, inst.hbm_stride, inst.buf_stride
+        n = end - row
+        self._check(inst.buf, at, at + (n - 1) * buf_stride + rb)
+        memory = self.buffers[inst.buf]
+        if lanes == 1:
+            pc, offset = hbm_row(inst, row)
+            hbm = self._hbm(inst, pc, offset + (n - 1) * stride, rb)
+            copies.append((_rows(hbm, offset, n, rb, stride), _rows(memory, at, n, rb, buf_stride)))
+            return bool(offset < self.image_bytes[pc])
+        group, lane = divmod(row, lanes)
+        pc = inst.pc + lane
+        offset = inst.hbm_offset + group * stride
+        if n <= lanes - lane:  # one lane group: consecutive pseudo-channels at one offset
+            self._hbm(inst, pc, offset, rb)
+            self._hbm(inst, pc + n - 1, offset, rb)
+            if offset + rb > int(self.used[pc:pc + n].min()):
+                self.fail(inst, f"bytes {offset}..{offset + rb} of pseudo-channels {pc}..{pc + n - 1}, beyond "
+                                f"the smallest ({int(self.used[pc:pc + n].min()):,} bytes)")
+            hbm_view = self.hbm_lanes[pc:pc + n, offset:offset + rb]
+            copies.append((hbm_view, _rows(memory, at, n, rb, buf_stride)))
+            return bool(offset < self.image_bytes[pc:pc + n].max())
+        groups = n // lanes  # whole lane groups from lane 0: [lanes, groups, rb] on both sides
+        top = offset + (groups - 1) * stride + rb
+        self._hbm(inst, pc, offset, rb)
+        self._hbm(inst, pc + lanes - 1, offset, rb)
+        if top > int(self.used[pc:pc + lanes].min()):
+            self.fail(inst, f"bytes {offset}..{top} of pseudo-channels {pc}..{pc + lanes - 1}, beyond the "
+                            f"smallest ({int(self.used[pc:pc + lanes].min()):,} bytes)")
+        block = self.hbm_lanes[pc:pc + lanes]
+        if rb <= stride and offset + groups * stride <= block.shape[1]:  # rows apart: a reshaped view
+            hbm_view = block[:, offset:offset + groups * stride].reshape(lanes, groups, stride)[:, :, :rb]
+        else:
+            hbm_view = np.lib.stride_tricks.as_strided(block[:, offset:], shape=(lanes, groups, rb),
+                                                       strides=(block.strides[0], stride, 1))
+        if rb <= buf_stride and at + n * buf_stride <= memory.size:
+            buf_view = memory[at:at + n * buf_stride].reshape(groups, lanes, buf_stride)[:, :, :rb].transpose(1, 0, 2)
+        else:
+            buf_view = np.lib.stride_tricks.as_strided(memory[at:], shape=(lanes, groups, rb),
+                                                       strides=(buf_stride, lanes * buf_stride, 1))
+        copies.append((hbm_view, buf_view))
+        return bool(offset < self.image_bytes[pc:pc + lanes].max())
 
     def _hbm(self, inst: Instruction, pc: int, offset: int, nbytes: int) -> np.ndarray:
         if not 0 <= pc < len(self.hbm):
@@ -374,26 +433,12 @@ class Emulator:
             self.fail(inst, f"bytes {offset}..{offset + nbytes} of pseudo-channel {pc}, which holds {memory.size:,}")
         return memory
 
-    def _striped_views(self, inst: Instruction, start: int, count: int, base: int, lanes: int):
-        """Rows start..start+count-1 spread over ``lanes`` pseudo-channels: one strided (HBM view,
-        buffer view) pair per lane, and whether any row lies in initialised HBM."""
-        end = start + count
-        self._check(inst.buf, base + start * inst.buf_stride, base + (end - 1) * inst.buf_stride + inst.row_bytes)
-        memory = self.buffer(inst.buf)
-        views, initialised = [], False
-        for lane in range(lanes):
-            first = start + (lane - start) % lanes
-            if first >= end:
-                continue
-            n = (end - 1 - first) // lanes + 1
-            pc, offset = hbm_row(inst, first)
-            hbm = self._hbm(inst, pc, offset + (n - 1) * inst.hbm_stride, inst.row_bytes)
-            initialised |= offset < self.images[pc]["image_bytes"]
-            hbm_view = np.lib.stride_tricks.as_strided(hbm[offset:], shape=(n, inst.row_bytes),
-                                                       strides=(inst.hbm_stride, 1))
-            at = base + first * inst.buf_stride
-            buf_view = np.lib.stride_tricks.as_strided(memory[at:], shape=(n, inst.row_bytes),
-                                                       strides=(lanes * inst.buf_stride, 1))
-            views.append((hbm_view, buf_view))
-        return views, initialised
 
+def _rows(memory: np.ndarray, addr: int, rows: int, row_bytes: int, stride: int) -> np.ndarray:
+    """View ``[rows, row_bytes]`` of ``memory`` from ``addr`` with ``stride`` bytes between rows
+    (bounds checked by the caller)."""
+    if stride == row_bytes or rows == 1:
+        return memory[addr:addr + rows * row_bytes].reshape(rows, row_bytes)
+    if stride > row_bytes and addr + rows * stride <= memory.size:
+        return memory[addr:addr + rows * stride].reshape(rows, stride)[:, :row_bytes]
+    return np.lib.stride_tricks.as_strided(memory[addr:], shape=(rows, row_bytes), strides=(stride, 1))

@@ -181,16 +181,26 @@ class LambdaView:
         return self.token_timeline(position, count)
 
 
+def view(emu, base: int, lay: LambdaStreamLayout) -> LambdaView:
+    """The LambdaView of the region at ``base`` (kept by the emulator: its layout arithmetic is the
+    same for every run; the bytes are read from the buffer each time)."""
+    key = (base, lay)
+    cached = emu.lambda_views.get(key)
+    if cached is None:
+        cached = emu.lambda_views[key] = LambdaView(emu, base, lay)
+    return cached
+
+
 def kv_quant(emu, inst: Instruction, t: int, p: int) -> int:
     lay = layout(emu, inst, inst.mode)
     x = emu.read_act32(inst.src0_buf, inst.src0_addr, t, inst.cols).reshape(t, lay.kv_heads, lay.head_dim)
-    LambdaView(emu, inst.dst_addr, lay).store(x, p)
+    view(emu, inst.dst_addr, lay).store(x, p)
     return x.size * 4
 
 
 def attend(emu, inst: Instruction, t: int, p: int) -> int:
-    keys = LambdaView(emu, inst.src1_addr, layout(emu, inst, inst.mode & 3)).timeline(p, t)
-    values = LambdaView(emu, inst.stride, layout(emu, inst, inst.mode >> 2)).timeline(p, t)
+    keys = view(emu, inst.src1_addr, layout(emu, inst, inst.mode & 3)).timeline(p, t)
+    values = view(emu, inst.stride, layout(emu, inst, inst.mode >> 2)).timeline(p, t)
     d, regs = inst.depth, emu.registers
     slots = regs.sinks + regs.window
     table = emu.read_act32(int(Buffer.WGT), inst.imm, slots, d)

@@ -13,7 +13,6 @@ import numpy as np
 from llmfab.compiler.isa import ActWidth, Flag, GemmMode, Instruction, KvMode, Opcode
 from llmfab.compiler.kv_layout import KvStreamLayout
 from llmfab.compiler.memory_plan import A8_HEADER_BYTES, EMBED_HEADER_BYTES, NORM_HEADER_BYTES, act_row_stride
-from llmfab.compiler.weight_tiles import TileShape
 from llmfab.sim import emulator_lambda
 from llmfab.sim.emulator_gemm import finish_rows
 from llmfab.sim.numerics import (
@@ -103,9 +102,8 @@ def gemm(emu, inst: Instruction, t: int, p: int) -> int:
         act = read_a16(emu, inst.src0_buf, inst.src0_addr, t, row_stride, k0, inst.depth)
     else:
         act = emu.read_a8(inst.src0_buf, inst.src0_addr, t, row_stride, k0, inst.depth)
-    shape = TileShape(inst.cols, inst.depth, inst.aux, inst.sub, inst.mode in _SPARSE_MODES,
-                      bool(inst.flags & _HALF_ZERO))
-    tile = emu.prepared_tile(inst, shape)
+    shape, nbytes = emu.gemm_shape(inst)
+    tile = emu.prepared_tile(inst, shape, nbytes)
     rows = tile.row_sums(act.codes, act.bits)
     if not inst.flags & _ACC_FIRST:
         rows = rows + emu.accumulator(inst, t)
@@ -113,7 +111,7 @@ def gemm(emu, inst: Instruction, t: int, p: int) -> int:
         emu.write_act32(inst.dst_buf, inst.dst_addr, finish_rows(rows, act, tile.row_shift), inst.stride)
     else:
         emu.store_accumulator(inst, rows)
-    return act.codes.size * act.bits // 8 + shape.nbytes
+    return act.codes.size * act.bits // 8 + nbytes
 
 
 def rope(emu, inst: Instruction, t: int, p: int) -> int:

@@ -13,10 +13,13 @@ from llmfab.compiler.isa import (
     WORD_BYTES,
     Buffer,
     Flag,
+    Instruction,
     IsaError,
     Opcode,
+    Registers,
     decode_program,
     encode_program,
+    hbm_row,
     transfer_runs,
 )
 from llmfab.compiler.model_plan import reference_integer_model
@@ -145,6 +148,53 @@ def test_lambda_transfers_bring_in_every_byte_the_layer_reads(tiny_hf_folder, tm
     emu = PoisonedKvEmulator(program)
     run_and_compare(artifact, program, ids, chunk - 1, decode_steps=2 * chunk + 3, emu=emu)
     assert emu.wrapped["STORE"] > 0 and emu.wrapped["LOAD"] > 0  # some chunks and windows wrapped their ring
+    # what the emulator keeps between runs (transfer plans, region views, tile shapes) holds no data:
+    # after reset() a new sequence in other chunks gives the reference's logits again
+    emu.reset()
+    run_and_compare(artifact, program, ids[::-1], chunk, decode_steps=3, emu=emu)
+
+
+def test_transfer_views_move_the_rows_a_row_by_row_copy_moves():
+    """LOAD/STORE through the emulator's cached views (one array per run, striped runs split into a
+    partial lane group, whole lane groups and a partial one) equal copying row by row with
+    compiler.isa.hbm_row, for random starts, counts, strides, striping and BUF_AT_START."""
+    rng = np.random.default_rng(1)
+    pcs, size = 8, 3000
+    for _ in range(400):
+        emu = Emulator.__new__(Emulator)  # only the state transfers use
+        emu._init_buffers({Buffer.WGT: 4096, Buffer.ACT: 4096, Buffer.KV: 4096, Buffer.OUT: 4096})
+        emu.used, emu.image_bytes = np.full(pcs, size), np.full(pcs, 100)
+        emu.hbm_lanes = rng.integers(0, 256, (pcs, size), dtype=np.uint8)
+        emu.hbm = list(emu.hbm_lanes)
+        emu.registers = Registers(int(rng.integers(0, 12)), int(rng.integers(1, 12)))
+        sub = int(rng.integers(2, 5)) if rng.random() < 0.7 else 0
+        rb = int(rng.integers(1, 20))
+        flags = (int(Flag.STRIPED) if sub else 0) | (int(Flag.BUF_AT_START) if rng.random() < 0.3 else 0)
+        inst = Instruction(Opcode.LOAD if rng.random() < 0.5 else Opcode.STORE, flags=flags, sub=sub,
+                           buf=int(Buffer.ACT), buf_addr=int(rng.integers(0, 200)),
+                           pc=int(rng.integers(0, pcs - max(sub, 1) + 1)), hbm_offset=int(rng.integers(0, 300)),
+                           row_bytes=rb, hbm_stride=int(rng.integers(rb, 3 * rb + 1)),
+                           buf_stride=int(rng.integers(rb, 3 * rb + 1)), rows=int(rng.integers(1, 30)),
+                           rows_src=int(rng.integers(0, 4)), start_src=int(rng.integers(0, 2)))
+        emu.instructions, emu.current = [inst], 0
+        runs = transfer_runs(inst, emu.registers)
+        if not runs:
+            continue
+        memory = emu.buffers[Buffer.ACT]
+        memory[:] = rng.integers(0, 256, memory.size, dtype=np.uint8)
+        want_buf, want_hbm = memory.copy(), [m.copy() for m in emu.hbm]
+        base = inst.buf_addr - (0 if flags & int(Flag.BUF_AT_START) else runs[0][0] * inst.buf_stride)
+        for start, count in runs:
+            for row in range(start, start + count):
+                pc, offset = hbm_row(inst, row)
+                at = base + row * inst.buf_stride
+                if inst.opcode is Opcode.LOAD:
+                    want_buf[at:at + rb] = want_hbm[pc][offset:offset + rb]
+                else:
+                    want_hbm[pc][offset:offset + rb] = want_buf[at:at + rb]
+        emu.transfer(inst)
+        assert np.array_equal(memory, want_buf), inst
+        assert all(np.array_equal(got, want) for got, want in zip(emu.hbm, want_hbm)), inst
 
 
 def test_stats_count_instructions_and_bytes(tiny):
