@@ -59,26 +59,41 @@ def round_shift(values, shift) -> np.ndarray:
     """Arithmetic right shift by ``shift`` with round-half-up: ``floor((v + 2**(s-1)) / 2**s)``.
 
     ``shift`` may be an array (broadcast); ``shift == 0`` returns ``v``; a negative shift is a left
-    shift (exact; saturate afterwards). int64 in and out (docs/numerics.md §1).
+    shift (exact; saturate afterwards). int64 in and out (docs/numerics.md §1). A shift beyond 62
+    shifts by 62 (an int64 shifted further gives 0 or -1 anyway).
     """
     v = np.asarray(values, dtype=np.int64)
+    if isinstance(shift, (int, np.integer)):  # one shift for all (the common case: fewer numpy calls)
+        s = int(shift)
+        if s > 0:
+            s = min(s, 62)
+            return np.right_shift(v + (1 << (s - 1)), s)
+        return np.left_shift(v, -s) if s < 0 else v.copy()
     s = np.asarray(shift, dtype=np.int64)
-    right = np.minimum(np.maximum(s, 0), 62)  # shifting an int64 further than 62 gives 0 or -1 anyway
+    if s.size and s.min() > 0:  # right shifts only
+        right = np.minimum(s, 62)
+        return np.right_shift(v + np.left_shift(np.int64(1), right - 1), right)
+    right = np.minimum(np.maximum(s, 0), 62)
     half = np.where(right > 0, np.left_shift(np.int64(1), np.maximum(right - 1, 0)), 0)
     shifted = np.right_shift(v + half, right)
     return np.where(s < 0, np.left_shift(v, np.maximum(-s, 0)), shifted)
+
+
+def clamp(values, lo: int, hi: int) -> np.ndarray:
+    """int64 ``values`` limited to ``lo .. hi`` (np.clip's result, with fewer Python-level calls)."""
+    return np.minimum(np.maximum(np.asarray(values, dtype=np.int64), lo), hi)
 
 
 def saturate(values, bits: int, signed: bool = True) -> np.ndarray:
     """Clamp int64 ``values`` to a ``bits``-wide two's-complement (or unsigned) range (§1)."""
     lo = -(1 << (bits - 1)) if signed else 0
     hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
-    return np.clip(np.asarray(values, dtype=np.int64), lo, hi)
+    return clamp(values, lo, hi)
 
 
 def saturate_to(values, fmt: FixedFormat) -> np.ndarray:
     """Clamp to the integer range of ``fmt`` (§1)."""
-    return np.clip(np.asarray(values, dtype=np.int64), fmt.min_int, fmt.max_int)
+    return clamp(values, fmt.min_int, fmt.max_int)
 
 
 def bit_length(values) -> np.ndarray:

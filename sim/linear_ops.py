@@ -210,6 +210,8 @@ def shift_saturate(values, shift) -> np.ndarray:
     """``sat32(rshr(v, shift))``; a negative shift saturates instead of overflowing (§1)."""
     v = np.asarray(values, dtype=np.int64)
     s = np.asarray(shift, dtype=np.int64)
+    if not s.size or s.min() >= 0:  # no left shift, nothing to widen: round, then saturate
+        return saturate_to(round_shift(v, s), ACT32)
     left = np.minimum(np.maximum(-s, 0), 62)
     upper = np.right_shift(np.int64(ACT32.max_int), left)
     lower = np.right_shift(np.int64(ACT32.min_int), left)

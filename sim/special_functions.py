@@ -7,9 +7,24 @@ functions of nothing but their index; :func:`reciprocal_table`, :func:`rsqrt_tab
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from llmfab.sim.fixed_point import PROB17, bit_length, normalize_mantissa, round_shift
+
+
+def _rom(build):
+    """A table built once and returned read-only (it is a ROM: callers index it, never change it)."""
+    @functools.cache
+    @functools.wraps(build)
+    def table() -> np.ndarray:
+        values = build()
+        values.setflags(write=False)
+        return values
+
+    return table
+
 
 RECIP_TABLE_BITS = 7  # 128 seeds over [1, 2)
 RSQRT_TABLE_BITS = 6  # 64 seeds over [1, 2) and 64 over [2, 4)
@@ -20,6 +35,7 @@ LOG2E_SHIFT = 15
 ONE = 1 << PROB17.frac  # 1.0 in Q.16
 
 
+@_rom
 def reciprocal_table() -> np.ndarray:
     """Seeds ``round(2**16 / (1 + (i + 0.5) / 128))`` for i in 0..127 (int64, §6.1)."""
     i = np.arange(1 << RECIP_TABLE_BITS, dtype=np.float64)
@@ -43,6 +59,7 @@ def reciprocal(values) -> tuple[np.ndarray, np.ndarray]:
     return r0 + round_shift(r0 * error, 31), e
 
 
+@_rom
 def rsqrt_table() -> np.ndarray:
     """Seeds ``round(2**16 / sqrt(x))`` at the midpoints of 64 intervals of [1, 2) (entries 0..63)
     and of [2, 4) (entries 64..127); int64 (§6.2)."""
@@ -74,6 +91,7 @@ def rsqrt(values) -> tuple[np.ndarray, np.ndarray]:
     return y, np.right_shift(e - odd, 1)
 
 
+@_rom
 def exp2_table() -> np.ndarray:
     """Knots ``round(2**16 * 2**(k/128))`` for k in 0..128 (129 entries, int64, §7.1)."""
     k = np.arange((1 << EXP2_TABLE_BITS) + 1, dtype=np.float64)

@@ -293,3 +293,28 @@ def test_attention_tracks_float_softmax():
 def test_causal_visibility_for_a_decode_step():
     assert nx.causal_visibility(1, 5).tolist() == [[True] * 5]
     assert nx.causal_visibility(2, 3).tolist() == [[True, True, False], [True, True, True]]
+
+
+def test_round_shift_equals_the_formula_for_scalar_array_and_mixed_shifts():
+    """round_shift's fast paths (one shift, only right shifts) and its general path give
+    floor((v + 2**(s-1)) / 2**s) for s > 0 (s capped at 62), v * 2**-s for s <= 0."""
+    from llmfab.sim.fixed_point import round_shift
+
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.integers(-(1 << 40), 1 << 40, 200), [0, 1, -1, 2, -2, 3, -3]])
+
+    def formula(v: int, s: int) -> int:
+        if s <= 0:
+            return v << -s
+        s = min(s, 62)
+        return (v + (1 << (s - 1))) >> s  # Python ints: exact floor
+
+    for shift in (0, 1, 5, 17, 62, 70, -3, np.int64(9)):
+        got = round_shift(values, shift)
+        assert got.dtype == np.int64
+        assert got.tolist() == [formula(int(v), int(shift)) for v in values]
+    for shifts in (rng.integers(1, 70, values.size), rng.integers(-8, 30, values.size)):
+        got = round_shift(values, shifts)
+        assert got.tolist() == [formula(int(v), int(s)) for v, s in zip(values, shifts)]
+    zero = round_shift(values, 0)
+    assert zero is not values and np.array_equal(zero, values)
