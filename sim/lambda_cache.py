@@ -247,12 +247,15 @@ def lambda_attention(q, keys: Timeline, values: Timeline, start: int, shape: Lam
 
 def _forms(timeline: Timeline, queries: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """(ACT32 ``[KV, m, D]``, bool ``[n, m]`` where the queries read it) for the stored form, and
-    for the raw form if some token is still raw for some query."""
+    for the raw form if some token is still raw for some query. When every query reads each token
+    in the same form (always for one query), that is one array holding each token's form, read by all."""
     ready = kv_ring.reads_stored(queries, timeline.ready_at)
-    forms = [(timeline.stored, ready)]
-    if not ready.all():
-        forms.append((timeline.raw, ~ready))
-    return forms
+    if ready.all():
+        return [(timeline.stored, ready)]
+    first = ready[0]
+    if (ready == first).all():  # masked-out columns add nothing to attention: one form per token is the same
+        return [(np.where(first[None, :, None], timeline.stored, timeline.raw), np.ones_like(ready))]
+    return [(timeline.stored, ready), (timeline.raw, ~ready)]
 
 
 def _filling_attention(q, queries, keys: Timeline, values: Timeline, shape, cos, sin, constants) -> np.ndarray:

@@ -226,3 +226,32 @@ def test_a_stream_past_the_trained_context_keeps_tracking(checkpoint):
     relative, top1 = agreement(model, integer, long_ids)
     assert relative <= TOLERANCE["kv4"][0] and top1 >= TOLERANCE["kv4"][1]  # measured 0.037, 0.97
     assert np.array_equal(chunked(integer, long_ids.numpy(), [64]), integer.forward(long_ids.numpy()))
+
+
+def test_one_form_per_token_equals_the_masked_forms_of_attention(monkeypatch):
+    """When every query reads each token in the same form (one decode query), _forms gives one array
+    of per-token forms; attention over it equals attention over both forms with per-query masks."""
+    from llmfab.sim.attention_ops import AttentionConstants
+    from llmfab.sim.vector_ops import rope_tables
+
+    rng = np.random.default_rng(7)
+    shape, kv, heads, d = LambdaShape(sinks=2, window=8), 2, 4, 16
+    cos, sin = rope_tables(1.0 / 10000 ** (np.arange(0, d, 2) / d), np.arange(shape.slots))
+    start = 6  # ring filling: query 6 sees tokens 0..6
+    index = np.arange(start + 1)
+    raw = rng.integers(-(1 << 20), 1 << 20, (kv, index.size, d))
+    stored = raw + rng.integers(-(1 << 12), 1 << 12, raw.shape)  # as if quantized
+    ready = np.where(index < 4, 3, kv_ring.NEVER)  # tokens 0..3 read stored, 4..6 raw
+    keys = lambda_cache.Timeline(index, raw, stored, ready)
+    values = lambda_cache.Timeline(index, raw[::-1].copy(), stored[::-1].copy(), ready)
+    q = rng.integers(-(1 << 20), 1 << 20, (heads, 1, d))
+    constants = AttentionConstants.for_head_dim(d)
+    collapsed = lambda_cache.lambda_attention(q, keys, values, start, shape, cos, sin, constants)
+
+    def both_forms(timeline, queries):
+        reads = kv_ring.reads_stored(queries, timeline.ready_at)
+        return [(timeline.stored, reads), (timeline.raw, ~reads)]
+
+    monkeypatch.setattr(lambda_cache, "_forms", both_forms)
+    masked = lambda_cache.lambda_attention(q, keys, values, start, shape, cos, sin, constants)
+    assert np.array_equal(collapsed, masked)
