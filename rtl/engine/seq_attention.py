@@ -46,13 +46,15 @@ from llmfab.sim.fixed_point import PROB17
 
 from .bytestream import ADDR_BITS
 from .kv_fetch import STATS_CHANNEL, STATS_NONE, STATS_TOKEN, KvFetch
-from .kv_setup import WIDE, Divide, SerialDivider, Step, StreamRegs, ceil_shift, merged, setup_cycles, setup_states
+from .kv_setup import (WIDE, Divide, LambdaRegs, SerialDivider, Step, StreamRegs, ceil_shift, merged, setup_cycles,
+                       setup_states)
 from .kv_stream import ScatterWriter
 from .seq_support import Region, beyond_addresses, overlaps, same_region
 from .sequencer import Sequencer
 
 KV = int(Buffer.KV)
 PHASE_QUERY, PHASE_KEYS, PHASE_VALUES = 0, 1, 2
+SETUP_LAMBDA_CYCLES = 436  # the dense program's first 37 cycles, both Λ layouts (124), both window starts (8 x 34, 2 steps), 1 step
 SETUP_CYCLES = 146  # H = cols / D, H / KV (18 each), both streams' layouts (8 steps, 2 x 34), (P+T) / B (34), 2 steps
 HEAD_CYCLES = 38  # per (query, head): the three phases' hand-overs (control, fetch pipeline, consumers' flags)
 TAIL_CYCLES = 2  # the last write, done
@@ -95,7 +97,10 @@ class StreamCursor:
                 self.block_pos.eq(Mux(end_block, self.block_pos + 8 * width, self.block_pos)),
                 self.stage_pos.eq(Mux(self.j >= self.full, self.stage_pos + 4 * width, self.stage_pos))]
 
-    def segment(self, seg) -> list:
+    def emit_step(self, key) -> None:
+        self.m.d.sync += self.step()
+
+    def segment(self, seg, key=None, query=None) -> list:
         """Assignments of the segment fields (form and addresses) of the current j."""
         lay = self.lay
         staged = lay.channel & (self.j >= self.full)
@@ -108,6 +113,96 @@ class StreamCursor:
                                                 self.code_pos + self.head_code))),
                 seg.stats_addr.eq(self.base + lay.stats_offset + Mux(lay.token, self.stat_pos + self.head_stat,
                                                                      self.block_pos + self.head_chan))]
+
+
+class LambdaCursor(StreamCursor):
+    """Where the keys (or values) of query i lie in a Λ stream region (LambdaRegs), stepping over
+    the query's keys in slot order s = 0 … n−1: the sinks j = s (s < S), then the window from
+    j = S + off, off = max(0, i − S − W + 1) (sim/kv_ring.slot_keys). The window's first key has its
+    own registers (`start`), advanced by one token per query once the ring is full; a query's key
+    walk loads them at s = S. Per-channel keys are read quantized once their block's last token
+    is at most i (`BlockLayout.ready_at`), else from their raw row."""
+
+    def __init__(self, m: Module, name: str, lay, base, sinks, kv_heads, head_dim, kv8):
+        super().__init__(m, name, lay, base, 0, 1, kv_heads, head_dim, kv8)
+        new = lambda field, width=WIDE: Signal(width, name=f"{name}_{field}")  # noqa: E731
+        self.sinks = sinks
+        # sink part (j < S): in-block index, j·code_row, j·4w, block·8w, the block's last token
+        self.sk, self.s_code, self.s_raw, self.s_stat, self.s_end = (new(f) for f in
+                                                                      ("sk", "s_code", "s_raw", "s_stat", "s_end"))
+        names = ("tslot", "t_code", "t_stat", "wk", "wslot", "w_code", "w_stat", "wraw", "w_raw", "w_end")
+        self.walk = {f: new(f) for f in names}  # window (and token slot) part of the key walk
+        self.start = {f: new(f"{f}0") for f in names}  # the same at the query's first window key
+
+    def _window_step(self, r: dict) -> list:
+        """One token on in the window part (token slots wrap at S + W + C, blocks at window_slots,
+        raw rows at raw_ring)."""
+        lay, w = self.lay, self.kv_heads * self.head_dim
+        wrap_t = r["tslot"] + 1 == lay.token_slots
+        end_block = r["wk"] + 1 == lay.window_block
+        wrap_slot = end_block & (r["wslot"] + 1 == lay.window_slots)
+        wrap_raw = r["wraw"] + 1 == lay.raw_ring
+        return [r["tslot"].eq(Mux(wrap_t, self.sinks, r["tslot"] + 1)),
+                r["t_code"].eq(Mux(wrap_t, self.sinks * lay.code_row, r["t_code"] + lay.code_row)),
+                r["t_stat"].eq(Mux(wrap_t, self.sinks * 8 * self.kv_heads, r["t_stat"] + 8 * self.kv_heads)),
+                r["wk"].eq(Mux(end_block, 0, r["wk"] + 1)),
+                r["wslot"].eq(Mux(end_block, Mux(wrap_slot, 0, r["wslot"] + 1), r["wslot"])),
+                r["w_code"].eq(Mux(wrap_slot, 0, r["w_code"] + lay.code_row)),
+                r["w_stat"].eq(Mux(end_block, Mux(wrap_slot, 0, r["w_stat"] + 8 * w), r["w_stat"])),
+                r["wraw"].eq(Mux(wrap_raw, 0, r["wraw"] + 1)), r["w_raw"].eq(Mux(wrap_raw, 0, r["w_raw"] + 4 * w)),
+                r["w_end"].eq(Mux(end_block, r["w_end"] + lay.window_block, r["w_end"]))]
+
+    def next_query(self) -> list:
+        return self._window_step(self.start)
+
+    def reset(self) -> list:
+        """The walk at s = 0: the first sink, or without sinks the window's first key."""
+        lay, none = self.lay, self.sinks == 0
+        return [*(self.walk[f].eq(self.start[f]) for f in self.walk if not f.startswith("t")),
+                *(self.walk[f].eq(Mux(none, self.start[f], 0)) for f in ("tslot", "t_code", "t_stat")),
+                self.sk.eq(0), self.s_code.eq(0), self.s_raw.eq(0), self.s_stat.eq(0),
+                self.s_end.eq(lay.sink_block - 1)]
+
+    def emit_step(self, key) -> None:
+        """After key s = `key`: the window's first key (s + 1 = S), the next sink or the next window key."""
+        lay, w, m = self.lay, self.kv_heads * self.head_dim, self.m
+        end_block = self.sk + 1 == lay.sink_block
+        with m.If(key + 1 == self.sinks):
+            m.d.sync += [self.walk[f].eq(self.start[f]) for f in self.walk]
+        with m.Elif(key < self.sinks):
+            m.d.sync += [self.sk.eq(Mux(end_block, 0, self.sk + 1)), self.s_code.eq(self.s_code + lay.code_row),
+                         self.s_raw.eq(self.s_raw + 4 * w),
+                         self.s_stat.eq(Mux(end_block, self.s_stat + 8 * w, self.s_stat)),
+                         self.s_end.eq(Mux(end_block, self.s_end + lay.sink_block, self.s_end)),
+                         self.walk["tslot"].eq(self.walk["tslot"] + 1),
+                         self.walk["t_code"].eq(self.walk["t_code"] + lay.code_row),
+                         self.walk["t_stat"].eq(self.walk["t_stat"] + 8 * self.kv_heads)]
+        with m.Else():
+            m.d.sync += self._window_step(self.walk)
+
+    def segment(self, seg, key, query) -> list:
+        """Segment fields of key s = `key` of query i = `query`."""
+        lay, r = self.lay, self.walk
+        o = lay.offsets
+        in_sinks = key < self.sinks
+        sink_ready = (self.s_end < self.sinks) & (self.s_end <= query)
+        window_ready = r["w_end"] <= query
+        coded_channel = lay.channel & Mux(in_sinks, sink_ready, window_ready)
+        raw = lay.act32 | (lay.channel & ~coded_channel)
+        first_of_block = Mux(in_sinks, (key == 0) | (self.sk == 0), (key == self.sinks) | (r["wk"] == 0))
+        token_addr = Mux(lay.act32, r["t_code"] + self.head_raw, r["t_code"] + self.head_code)
+        channel_addr = Mux(in_sinks,
+                           Mux(coded_channel, o["sink_codes"] + self.s_code + self.head_code,
+                               o["sink_raw"] + self.s_raw + self.head_raw),
+                           Mux(coded_channel, o["window_codes"] + r["w_code"] + self.head_code,
+                               o["window_raw"] + r["w_raw"] + self.head_raw))
+        return [seg.raw.eq(raw), seg.bits8.eq(self.kv8), seg.buf.eq(KV),
+                seg.stats.eq(Mux(lay.token, STATS_TOKEN, Mux(coded_channel, STATS_CHANNEL, STATS_NONE))),
+                seg.fill.eq(coded_channel & first_of_block),
+                seg.addr.eq(self.base + Mux(lay.channel, channel_addr, token_addr)),
+                seg.stats_addr.eq(self.base + Mux(lay.token, o["stats"] + r["t_stat"] + self.head_stat,
+                                                  Mux(in_sinks, o["sink_stats"] + self.s_stat,
+                                                      o["window_stats"] + r["w_stat"]) + self.head_chan))]
 
 
 class AttentionSequencer(Sequencer):
@@ -182,21 +277,62 @@ class AttentionSequencer(Sequencer):
         if setup_cycles(program) != SETUP_CYCLES:
             raise AssertionError("AttentionSequencer: the setup program changed length; update SETUP_CYCLES")
 
+        # Λ (flag LAMBDA): both regions as LambdaStreamLayout, the first query's window start in each
+        sinks, window, chunk = regs.sinks, regs.window, regs.chunk
+        ring_slots = sinks + window  # S + W: the keys of a query once the ring is full
+        lkeys = LambdaRegs("lkeys", inst.mode[:2], kvh_count, width, d, block, sinks, window, chunk, kv8)
+        lvalues = LambdaRegs("lvalues", inst.mode[2:4], kvh_count, width, d, block, sinks, window, chunk, kv8)
+        lkc = LambdaCursor(m, "lkc", lkeys, inst.src1_addr, sinks, kvh_count, d, kv8)
+        lvc = LambdaCursor(m, "lvc", lvalues, inst.stride, sinks, kvh_count, d, kv8)
+        off0 = Mux(p + 1 > ring_slots, p + 1 - ring_slots, 0)  # window keys the first query no longer sees
+        qtable = Signal(ADDR_BITS, name="query_table")
+        one = lambda v: Mux(v == 0, 1, v)  # noqa: E731 - a divisor unused when zero (a token stream's block)
+
+        def window_start(cursor, lay, name):
+            r, kb0, tm, index = cursor.start, Signal(32, name=f"{name}_kb0"), Signal(24, name=f"{name}_tm"), \
+                Signal(WIDE, name=f"{name}_index")
+            return [
+                [Divide(kb0, r["wk"], off0, one(lay.window_block), 32)],
+                [Divide(None, r["wslot"], kb0, one(lay.window_slots), 32)],
+                [Divide(None, r["wraw"], off0, one(lay.raw_ring), 32)],
+                [Divide(None, tm, off0, window + chunk, 32)],
+                [Step((r["tslot"], sinks + tm), (index, r["wslot"] * lay.window_block + r["wk"]),
+                      (r["w_stat"], r["wslot"] * 8 * width), (r["w_raw"], r["wraw"] * 4 * width),
+                      (r["w_end"], sinks + (kb0 + 1) * lay.window_block - 1))],
+                [Step((r["w_code"], index * lay.code_row), (r["t_code"], r["tslot"] * lay.code_row),
+                      (r["t_stat"], r["tslot"] * 8 * kvh_count))],
+            ]
+
+        key_start, value_start = window_start(lkc, lkeys, "lkc"), window_start(lvc, lvalues, "lvc")
+        lambda_program = [
+            *program[:3],
+            *merged(lkeys.program, lvalues.program),
+        ]
+        for key_part, value_part in zip(key_start, value_start):
+            lambda_program += merged(key_part, value_part)
+        lambda_program.append(Step((qtable, inst.imm + Mux(p < ring_slots, p, ring_slots - 1) * 4 * d)))
+        if setup_cycles(lambda_program) != SETUP_LAMBDA_CYCLES:
+            raise AssertionError("AttentionSequencer: the Λ setup program changed length; update SETUP_LAMBDA_CYCLES")
+
         beats = ceil_shift(d, _log2(a))
         q_row, out_row = Signal(WIDE, name="q_row"), Signal(WIDE, name="out_row")
         queries = Region(inst.src0_buf, inst.src0_addr, t * 4 * cols)
         output = Region(inst.dst_buf, inst.dst_addr, t * 4 * cols)
-        key_region, value_region = Region(KV, inst.src1_addr, keys.end), Region(KV, inst.stride, values.end)
         four_bit = (~keys.act32 | ~values.act32) & ~kv8
         channel = keys.channel | values.channel
         error = Signal(name="operand_error")
+        key_end, value_end = Mux(lam, lkeys.end, keys.end), Mux(lam, lvalues.end, values.end)
+        key_region, value_region = Region(KV, inst.src1_addr, key_end), Region(KV, inst.stride, value_end)
+        most_keys = Mux(count < ring_slots, count, ring_slots)
+        dense_error = ((channel & ((keys.channel & (keys.cap_rem != 0)) | (values.channel & (values.cap_rem != 0))))
+                       | (count > cap) | (count > self.max_keys))
+        lambda_error = ((window == 0) | (most_keys > self.max_keys) | d[0] | (~keys.act32 & ~kv8 & d[1]))
         m.d.comb += error.eq(
-            lam | (inst.mode[:2] > int(KvMode.KV4_CHANNEL)) | (inst.mode[2:4] > int(KvMode.KV4_CHANNEL))
+            Mux(lam, lambda_error, dense_error)
+            | (inst.mode[:2] > int(KvMode.KV4_CHANNEL)) | (inst.mode[2:4] > int(KvMode.KV4_CHANNEL))
             | (d == 0) | (heads_rem != 0) | (kvh_count == 0) | (group_rem != 0) | (d > self.max_head_dim)
-            | (four_bit & d[0]) | (channel & ((block == 0) | (keys.channel & (keys.cap_rem != 0))
-                                             | (values.channel & (values.cap_rem != 0))))
-            | (count > cap) | (count > self.max_keys) | (inst.src1_buf != KV)
-            | (inst.src1_addr + keys.end > kv_bytes) | (inst.stride + values.end > kv_bytes)
+            | (four_bit & d[0]) | (channel & (block == 0)) | (inst.src1_buf != KV)
+            | (inst.src1_addr + key_end > kv_bytes) | (inst.stride + value_end > kv_bytes)
             | beyond_addresses(queries) | beyond_addresses(output)
             | (overlaps(output, queries) & ~same_region(output, queries))
             | overlaps(output, key_region) | overlaps(output, value_region))
@@ -214,15 +350,33 @@ class AttentionSequencer(Sequencer):
         kc = StreamCursor(m, "kc", keys, inst.src1_addr, full_tokens, block, kvh_count, d, kv8)
         vc = StreamCursor(m, "vc", values, inst.stride, full_tokens, block, kvh_count, d, kv8)
         head_q = Signal(WIDE, name="head_q")
+        ktable = Signal(ADDR_BITS, name="key_table")
+        query = p + tq  # stream index of the query
+
+        def cursor_segment(dense, lam_cursor):
+            with m.If(lam):
+                m.d.comb += lam_cursor.segment(seg, s, query)
+            with m.Else():
+                m.d.comb += dense.segment(seg)
+
+        def cursor_step(dense, lam_cursor):
+            with m.If(lam):
+                lam_cursor.emit_step(s)
+            with m.Else():
+                dense.emit_step(s)
         m.d.comb += [seg.b0.eq(0), seg.b1.eq(beats), seg.bits8.eq(kv8)]
         with m.FSM(name="control"):
             with m.State("IDLE"):
-                with m.If(self.start):
+                with m.If(self.start & lam):
+                    m.next = "LSETUP_0"
+                with m.Elif(self.start):
                     m.next = "SETUP_0"
             setup_states(m, "SETUP", program, divider, "CHECK")
+            setup_states(m, "LSETUP", lambda_program, divider, "CHECK")
             with m.State("CHECK"):
                 m.d.sync += [tq.eq(0), h.eq(0), r.eq(0), q_row.eq(inst.src0_addr), out_row.eq(inst.dst_addr),
-                             head_q.eq(0), nkeys.eq(p + 1), *kc.reset_heads(), *vc.reset_heads()]
+                             head_q.eq(0), nkeys.eq(Mux(lam & (p + 1 > ring_slots), ring_slots, p + 1)),
+                             *kc.reset_heads(), *vc.reset_heads(), *lkc.reset_heads(), *lvc.reset_heads()]
                 with m.If(error):
                     m.d.comb += [self.done.eq(1), self.error.eq(1)]
                     m.next = "IDLE"
@@ -233,33 +387,37 @@ class AttentionSequencer(Sequencer):
                     m.next = "QUERY"
             with m.State("QUERY"):
                 m.d.comb += [fetch.seg.valid.eq(1), seg.phase.eq(PHASE_QUERY), seg.final.eq(1), seg.raw.eq(1),
-                             seg.stats.eq(STATS_NONE), seg.fill.eq(0), seg.pairs.eq(0), seg.buf.eq(inst.src0_buf),
-                             seg.addr.eq(q_row + head_q)]
+                             seg.stats.eq(STATS_NONE), seg.fill.eq(0), seg.pairs.eq(lam), seg.table.eq(qtable),
+                             seg.buf.eq(inst.src0_buf), seg.addr.eq(q_row + head_q)]
                 with m.If(fetch.seg.ready):
-                    m.d.sync += [q_done.eq(0), out_base.eq(out_row + head_q), *kc.reset()]
+                    m.d.sync += [q_done.eq(0), out_base.eq(out_row + head_q), *kc.reset(), *lkc.reset()]
                     m.next = "QUERY_WAIT"
             with m.State("QUERY_WAIT"):
                 with m.If(q_done):
-                    m.d.sync += [s.eq(0), soft_done.eq(0)]
+                    m.d.sync += [s.eq(0), soft_done.eq(0), ktable.eq(inst.imm)]
                     m.next = "KEYS"
             with m.State("KEYS"):
                 m.d.comb += [fetch.seg.valid.eq(1), seg.phase.eq(PHASE_KEYS), seg.final.eq(s + 1 == nkeys),
-                             seg.pairs.eq(0), *kc.segment(seg)]
+                             seg.pairs.eq(lam), seg.table.eq(ktable)]
+                cursor_segment(kc, lkc)
                 with m.If(fetch.seg.ready):
-                    m.d.sync += [s.eq(s + 1), *kc.step()]
+                    m.d.sync += [s.eq(s + 1), ktable.eq(ktable + 4 * d)]
+                    cursor_step(kc, lkc)
                     with m.If(s + 1 == nkeys):
                         m.next = "SOFTMAX_WAIT"
             with m.State("SOFTMAX_WAIT"):
                 with m.If(soft_done):
-                    m.d.sync += [s.eq(0), vpass.eq(0), v_done.eq(0), *vc.reset()]
+                    m.d.sync += [s.eq(0), vpass.eq(0), v_done.eq(0), *vc.reset(), *lvc.reset()]
                     m.next = "VALUES"
             with m.State("VALUES"):
                 m.d.comb += [fetch.seg.valid.eq(1), seg.phase.eq(PHASE_VALUES), seg.final.eq(s + 1 == nkeys),
-                             seg.pairs.eq(0), seg.b0.eq(vpass), seg.b1.eq(vpass + 1), *vc.segment(seg)]
+                             seg.pairs.eq(0), seg.b0.eq(vpass), seg.b1.eq(vpass + 1)]
+                cursor_segment(vc, lvc)
                 with m.If(fetch.seg.ready):
-                    m.d.sync += [s.eq(s + 1), *vc.step()]
+                    m.d.sync += s.eq(s + 1)
+                    cursor_step(vc, lvc)
                     with m.If(s + 1 == nkeys):
-                        m.d.sync += [s.eq(0), vpass.eq(vpass + 1), *vc.reset()]
+                        m.d.sync += [s.eq(0), vpass.eq(vpass + 1), *vc.reset(), *lvc.reset()]
                         with m.If(vpass + 1 == beats):
                             m.next = "VALUES_WAIT"
             with m.State("VALUES_WAIT"):
@@ -267,14 +425,19 @@ class AttentionSequencer(Sequencer):
                     m.next = "QUERY"
                     with m.If(h + 1 == heads):
                         m.d.sync += [h.eq(0), r.eq(0), head_q.eq(0), tq.eq(tq + 1), q_row.eq(q_row + 4 * cols),
-                                     out_row.eq(out_row + 4 * cols), nkeys.eq(nkeys + 1),
-                                     *kc.reset_heads(), *vc.reset_heads()]
+                                     out_row.eq(out_row + 4 * cols), nkeys.eq(Mux(lam & (nkeys == ring_slots), nkeys,
+                                                                                  nkeys + 1)),
+                                     *kc.reset_heads(), *vc.reset_heads(), *lkc.reset_heads(), *lvc.reset_heads()]
+                        with m.If(query + 1 < ring_slots):  # the query's own slot: S + W − 1 once the ring is full
+                            m.d.sync += qtable.eq(qtable + 4 * d)
+                        with m.Else():  # the next query's window starts one token later
+                            m.d.sync += [*lkc.next_query(), *lvc.next_query()]
                         with m.If(tq + 1 == t):
                             m.next = "DRAIN"
                     with m.Else():
                         m.d.sync += [h.eq(h + 1), head_q.eq(head_q + 4 * d), r.eq(Mux(r + 1 == group, 0, r + 1))]
                         with m.If(r + 1 == group):
-                            m.d.sync += [*kc.next_head(), *vc.next_head()]
+                            m.d.sync += [*kc.next_head(), *vc.next_head(), *lkc.next_head(), *lvc.next_head()]
             with m.State("DRAIN"):
                 with m.If(writer.idle):
                     m.d.comb += self.done.eq(1)
@@ -300,7 +463,9 @@ class AttentionSequencer(Sequencer):
         m.d.comb += [requant.i.valid.eq(fetch.o.valid & (phase == PHASE_QUERY)), requant.i.payload.last.eq(beat.last)]
         m.d.comb += [requant.i.payload.x[k].eq(beat.x[k]) for k in range(a)]
         q_beat = Signal(range(self.max_beats + 1), name="q_beat")
-        lane_ok = Cat(*((q_beat << _log2(a)) + k < d for k in range(a)))
+        # lanes past the head: channel b·A + k (dense), or with RoPE pairs (Λ) pair b·A/2 + k mod A/2
+        lane_ok = Cat(*(Mux(lam, (q_beat << _log2(a // 2)) + (k % (a // 2)) < (d >> 1), (q_beat << _log2(a)) + k < d)
+                        for k in range(a)))
         m.d.comb += [requant.o.ready.eq(1), q_write.addr.eq(q_beat), q_write.en.eq(requant.o.valid),
                      q_write.data.eq(Cat(*(Mux(lane_ok[k], requant.o.payload.q[k], 0) for k in range(a))))]
         with m.If(requant.o.valid):

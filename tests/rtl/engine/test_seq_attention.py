@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from llmfab.compiler.isa import Buffer, Flag, Instruction, KvMode, Opcode, Registers, RowSource
-from llmfab.compiler.kv_layout import KvStreamLayout
+from llmfab.compiler.kv_layout import KvStreamLayout, LambdaStreamLayout
 from llmfab.rtl.engine.seq_attention import AttentionSequencer
 from llmfab.rtl.sim_runner import simulator_params
+from llmfab.sim.emulator_lambda import LambdaView
 from llmfab.sim.emulator_ops import StreamView
 from llmfab.tests.rtl.engine.bench import BufferEmulator, Case, check, run_cases
 from llmfab.tests.rtl.engine.geometries import TINY, WIDE32
@@ -101,6 +102,75 @@ def test_attention_dense_equals_emulator(geometry, simulator, tmp_path, request)
         else:  # more reads per beat, or per-channel statistics loaded per block
             assert run.cycles >= model, f"case {case.name}: {run.cycles} cycles, below the formula's {model}"
     assert exact >= (2 if 4 * lanes <= geometry.word_bytes else 0)
+
+
+def lambda_bytes(geometry, rng, lay: LambdaStreamLayout, tokens: int, run: int) -> bytes:
+    """A Λ region after KV_QUANT stored `tokens` random keys or values in prefill chunks of at most
+    C tokens, the last chunk being the run's `run` tokens."""
+    emu = BufferEmulator(geometry)
+    emu.put(KV, 0, rng.integers(0, 256, lay.nbytes, dtype=np.uint8))
+    x = act32(rng, (tokens, lay.kv_heads, lay.head_dim))
+    view = LambdaView(emu, 0, lay)
+    cuts, end = [], tokens - run
+    while end > 0:
+        cuts.append(max(0, end - int(rng.integers(1, lay.chunk + 1))))
+        end = cuts[-1]
+    bounds = sorted(set([0, *cuts, tokens - run, tokens]))
+    for first, stop in zip(bounds, bounds[1:]):
+        view.store(x[first:stop], first)
+    return bytes(emu.span(KV, 0, lay.nbytes))
+
+
+def rope_table(rng, slots: int, d: int) -> bytes:
+    """TRIG18 cos and sin rows of `slots` positions (random frequencies), int32 as the compiler stores them."""
+    angles = np.arange(slots)[:, None] * rng.uniform(0.05, 1.5, d // 2)[None, :]
+    table = np.concatenate([np.round(np.cos(angles) * 65536), np.round(np.sin(angles) * 65536)], axis=1)
+    return table.astype("<i4").tobytes()
+
+
+def lambda_attention_case(geometry, rng, name: str, keys: KvMode, values: KvMode, t: int, p: int, heads: int,
+                          kv: int, d: int, shape: tuple, block: int = 4, kv8: bool = False, q_addr: int = 0,
+                          out_addr: int = 1024, table: int = 512) -> Case:
+    sinks, window, chunk = shape
+    bits = 8 if kv8 else 4
+    klay, vlay = (LambdaStreamLayout(mode, sinks, window, chunk, kv, d, block, bits) for mode in (keys, values))
+    v_addr = klay.nbytes + 64
+    inst = Instruction(Opcode.ATTENTION, mode=int(keys) | int(values) << 2,
+                       flags=int(Flag.LAMBDA) | (int(Flag.KV8) if kv8 else 0), rows_src=RowSource.TOKENS,
+                       src0_buf=ACT, src0_addr=q_addr, src1_buf=KV, src1_addr=0, stride=v_addr, dst_buf=ACT,
+                       dst_addr=out_addr, cols=heads * d, depth=d, sub=kv, aux=block, imm=table)
+    q = act32(rng, (t, heads * d), 12, 22)
+    return Case(name, inst, t, Registers(t, p, sinks, window, chunk),
+                inputs=[(ACT, q_addr, q.astype("<i4").tobytes()), (WGT, table, rope_table(rng, sinks + window, d)),
+                        (KV, 0, lambda_bytes(geometry, rng, klay, p + t, t)),
+                        (KV, v_addr, lambda_bytes(geometry, rng, vlay, p + t, t))],
+                outputs=[(ACT, out_addr, 4 * t * heads * d)])
+
+
+def lambda_cases(geometry, seed: int) -> list[Case]:
+    rng = np.random.default_rng(seed)
+    c = lambda *a, **k: lambda_attention_case(geometry, rng, *a, **k)  # noqa: E731
+    tok, ch, raw = KvMode.KV4_TOKEN, KvMode.KV4_CHANNEL, KvMode.ACT32
+    return [
+        c("ring_filling_gqa", ch, tok, 3, 0, 2, 1, 8, (2, 4, 3)),
+        c("ring_full_decode", ch, tok, 1, 9, 2, 1, 8, (2, 4, 3)),
+        c("prefill_chunk_wraps_ring", ch, ch, 3, 5, 1, 1, 8, (2, 4, 3)),
+        c("sinks_only", ch, tok, 3, 0, 1, 1, 8, (4, 2, 3)),
+        c("act32_no_sinks", raw, raw, 2, 6, 2, 2, 4, (0, 4, 2)),
+        c("kv8_token_keys_ring_full", tok, ch, 2, 8, 2, 2, 4, (1, 3, 2), block=2, kv8=True),
+        c("sink_tail_never_fills", ch, tok, 2, 6, 1, 1, 8, (3, 4, 2), block=2),
+        c("kv8_channel_ring_full", ch, ch, 2, 12, 1, 1, 8, (2, 4, 3), kv8=True),
+    ]
+
+
+@pytest.mark.parametrize("geometry", [TINY, WIDE32], ids=["tiny", "wide32"])
+@pytest.mark.parametrize("simulator", simulator_params())
+def test_attention_lambda_equals_emulator(geometry, simulator, tmp_path, request):
+    lanes = LANES[request.node.callspec.id.split("-")[-1]]
+    cases = lambda_cases(geometry, 13 if geometry is TINY else 14)
+    runs = check(AttentionSequencer(geometry, lanes, MAX_HEAD_DIM, MAX_KEYS), cases, simulator, tmp_path, "seq_attention")
+    for case, run in zip(cases, runs):
+        print(case.name, run.cycles)
 
 
 ERRORS = [  # (name, instruction changes, rows, position): operands the sequencer refuses (done with error)
