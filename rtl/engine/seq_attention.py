@@ -19,6 +19,17 @@ Per (query, head), in order (nothing of one head overlaps the next):
    A one-lane `DotProductUnit.weighted_values` (lane c accumulates `Σ_j p_j · v_jc` over the
    keys), which write the slice of the output row.
 
+Flag `LAMBDA` (docs/numerics.md §13, sim/emulator_lambda.attend): both regions are
+LambdaStreamLayout (registers S, W, C), `imm` is the WGT address of the TRIG18 RoPE rows of slot
+positions 0 … S+W−1. Query i = P + t sees n = min(i+1, S+W) keys, walked in slot order by
+`LambdaCursor`: the sinks 0 … min(i, S−1), then the window from S + max(0, i−S−W+1) (token
+slots wrap at S+W+C, per-channel window blocks at their block slots and raw rows at Bw+C). Key
+s is rotated by row s and the query by row min(i, S+W−1) (KvFetch `pairs`: beats of RoPE pairs,
+so the query codes and the key beats are both in pair order); a per-channel key is read from
+its block's codes once the block's last token is at most i, else from its raw ACT32 row. Λ
+needs an even D (D a multiple of 4 with 4-bit keys: each half's codes start on a byte), W ≥ 1
+and min(P+T, S+W) keys at most `max_keys`.
+
 A is `attention_lanes` (a power of two, at least 4); `max_head_dim` sizes the query table, the
 per-channel statistics cache and the value slices, `max_keys` the softmax row (P + T must not
 exceed it).
@@ -27,7 +38,9 @@ Cycles from `start` to `done` (`cycles`), with n_t = P + t + 1 keys for query t,
 beats per head, L = sfu_lanes, U = ceil(n_t / L) softmax beats, when every span is one word read
 (see `cycles` for the condition): the setup program, then per (query, head)
 `Q + n_t·b + K + SoftmaxUnit.row_cycles(U, L) + S + b·(n_t + V)` and a fixed tail; the constants
-are in `cycles`, which the tests assert on aligned cases.
+are in `cycles`, which the tests assert on aligned cases. Under Λ (`lambda_cycles`) the setup
+program is longer (SETUP_LAMBDA_CYCLES), n_t = min(P+t+1, S+W), and the RoPE pairs add one read
+per query beat and per key beat (b + n_t·b), per-token keys one statistics read per key (n_t).
 """
 
 from __future__ import annotations
@@ -218,18 +231,34 @@ class AttentionSequencer(Sequencer):
         super().__init__(geometry)
 
     # ---------------------------------------------------------------------------------------- timing
+    @staticmethod
+    def _head_cycles(geometry, lanes: int, n: int, beats: int) -> int:
+        """One dense (query, head) over n keys: hand-overs, query, n key beats and n value beats, softmax."""
+        sl = geometry.sfu_lanes
+        return (HEAD_CYCLES + RequantizeUnit.row_cycles(beats, lanes) + DotProductUnit.latency(lanes)
+                + 2 * n * beats + SoftmaxUnit.row_cycles(-(-n // sl), sl) - -(-n // sl))
+
     @classmethod
     def cycles(cls, geometry, lanes: int, tokens: int, position: int, heads: int, head_dim: int) -> int:
         """Cycles from start to done of a dense ATTENTION whose streams are ACT32 or per token and
         whose spans are each one word read (module docstring)."""
-        sl = geometry.sfu_lanes
+        beats = -(-head_dim // lanes)
+        per_head = sum(cls._head_cycles(geometry, lanes, position + t + 1, beats) for t in range(tokens))
+        return SETUP_CYCLES + TAIL_CYCLES + heads * per_head
+
+    @classmethod
+    def lambda_cycles(cls, geometry, lanes: int, tokens: int, position: int, heads: int, head_dim: int, sinks: int,
+                      window: int, token_keys: bool) -> int:
+        """Cycles from start to done of ATTENTION with flag LAMBDA, streams ACT32 or per token, every
+        span one word read (module docstring): query t sees n_t = min(P+t+1, S+W) keys; as the
+        dense case per (query, head) plus the RoPE pairs' second span per query and key beat
+        (b + n_t·b) and, for per-token keys, their statistics read before the table halves (n_t)."""
         beats = -(-head_dim // lanes)
         per_head = 0
         for t in range(tokens):
-            n = position + t + 1
-            per_head += (HEAD_CYCLES + RequantizeUnit.row_cycles(beats, lanes) + DotProductUnit.latency(lanes)
-                         + 2 * n * beats + SoftmaxUnit.row_cycles(-(-n // sl), sl) - -(-n // sl))
-        return SETUP_CYCLES + TAIL_CYCLES + heads * per_head
+            n = min(position + t + 1, sinks + window)
+            per_head += cls._head_cycles(geometry, lanes, n, beats) + beats + n * beats + (n if token_keys else 0)
+        return SETUP_LAMBDA_CYCLES + TAIL_CYCLES + heads * per_head
 
     # ---------------------------------------------------------------------------------------- hardware
     def elaborate(self, platform):

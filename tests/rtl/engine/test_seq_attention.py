@@ -160,7 +160,15 @@ def lambda_cases(geometry, seed: int) -> list[Case]:
         c("kv8_token_keys_ring_full", tok, ch, 2, 8, 2, 2, 4, (1, 3, 2), block=2, kv8=True),
         c("sink_tail_never_fills", ch, tok, 2, 6, 1, 1, 8, (3, 4, 2), block=2),
         c("kv8_channel_ring_full", ch, ch, 2, 12, 1, 1, 8, (2, 4, 3), kv8=True),
+        c("token_keys_chunk_wraps_gqa", tok, raw, 3, 6, 2, 1, 8, (1, 4, 3)),
+        c("filling_act32_aligned", raw, raw, 3, 2, 2, 1, 8, (2, 4, 3)),
+        c("ring_full_token_aligned", tok, tok, 2, 9, 2, 2, 8, (2, 4, 3)),
     ]
+
+
+def lambda_timed(case: Case, geometry, lanes: int) -> bool:
+    """The Λ cycle formula's condition: the dense one, and the RoPE rows on a word."""
+    return timed(case, geometry, lanes) and case.inst.imm % geometry.word_bytes == 0
 
 
 @pytest.mark.parametrize("geometry", [TINY, WIDE32], ids=["tiny", "wide32"])
@@ -169,8 +177,17 @@ def test_attention_lambda_equals_emulator(geometry, simulator, tmp_path, request
     lanes = LANES[request.node.callspec.id.split("-")[-1]]
     cases = lambda_cases(geometry, 13 if geometry is TINY else 14)
     runs = check(AttentionSequencer(geometry, lanes, MAX_HEAD_DIM, MAX_KEYS), cases, simulator, tmp_path, "seq_attention")
+    exact = 0
     for case, run in zip(cases, runs):
-        print(case.name, run.cycles)
+        i, regs = case.inst, case.regs
+        model = AttentionSequencer.lambda_cycles(geometry, lanes, case.rows, regs.position, i.cols // i.depth, i.depth,
+                                                 regs.sinks, regs.window, KvMode(i.mode & 3) is KvMode.KV4_TOKEN)
+        if lambda_timed(case, geometry, lanes):
+            assert run.cycles == model, f"case {case.name}: {run.cycles} cycles, the formula says {model}"
+            exact += 1
+        else:  # more reads per beat, or per-channel statistics loaded per block
+            assert run.cycles >= model, f"case {case.name}: {run.cycles} cycles, below the formula's {model}"
+    assert exact >= (2 if 4 * lanes <= geometry.word_bytes else 0)
 
 
 ERRORS = [  # (name, instruction changes, rows, position): operands the sequencer refuses (done with error)
@@ -198,6 +215,31 @@ def test_attention_refuses_what_it_does_not_execute(simulator, tmp_path):
     base = Instruction(Opcode.ATTENTION, mode=0, rows_src=RowSource.TOKENS, src0_buf=ACT, src1_buf=KV, src1_addr=0,
                        stride=1024, dst_buf=ACT, dst_addr=0, cols=16, depth=8, sub=1, aux=4, imm=16)
     cases = [Case(name, base.replace(**changes), rows, Registers(rows, p)) for name, changes, rows, p in ERRORS]
+    runs = run_cases(AttentionSequencer(TINY, LANES["tiny"], MAX_HEAD_DIM, MAX_KEYS), cases, [[] for _ in cases],
+                     simulator, tmp_path, "seq_attention")
+    assert len(runs) == len(cases)
+    for case, run in zip(cases, runs):
+        assert run.cycles is not None and run.error, f"case {case.name}: no error"
+        assert not run.fault, f"case {case.name}: touched a buffer"
+
+
+LAMBDA_ERRORS = [  # (name, instruction changes, rows, position, (S, W, C)): Λ operands the sequencer refuses
+    ("window_0", dict(), 1, 0, (2, 0, 3)),
+    ("odd_head_dim", dict(cols=6, depth=3), 1, 0, (2, 4, 3)),
+    ("kv4_keys_odd_half", dict(mode=int(KvMode.KV4_TOKEN), cols=12, depth=6), 1, 0, (2, 4, 3)),
+    ("past_max_keys", dict(cols=8, depth=4), 2, MAX_KEYS, (2, MAX_KEYS - 1, 3)),
+    ("region_past_buffer", dict(stride=TINY.buffers.words[Buffer.KV] * TINY.word_bytes - 64), 1, 0, (2, 4, 3)),
+    ("key_mode_3", dict(mode=3), 1, 0, (2, 4, 3)),
+]
+
+
+@pytest.mark.parametrize("simulator", simulator_params())
+def test_attention_lambda_refuses_what_it_does_not_execute(simulator, tmp_path):
+    base = Instruction(Opcode.ATTENTION, mode=0, flags=int(Flag.LAMBDA), rows_src=RowSource.TOKENS, src0_buf=ACT,
+                       src1_buf=KV, src1_addr=0, stride=1024, dst_buf=ACT, dst_addr=0, cols=16, depth=8, sub=1, aux=4,
+                       imm=512)
+    cases = [Case(name, base.replace(**changes), rows, Registers(rows, p, *shape))
+             for name, changes, rows, p, shape in LAMBDA_ERRORS]
     runs = run_cases(AttentionSequencer(TINY, LANES["tiny"], MAX_HEAD_DIM, MAX_KEYS), cases, [[] for _ in cases],
                      simulator, tmp_path, "seq_attention")
     assert len(runs) == len(cases)
