@@ -159,7 +159,9 @@ class KvFetch(wiring.Component):
         cmd1 = r1.cmd.payload
         fill_first, fill_count = self._part(e, q, cur1.pairs)
         pair_first, pair_count = self._part(e, 0, 1)
-        m.d.comb += [cmd1.buf.eq(Buffer.KV), r1.cmd.valid.eq(0)]
+        # the readers' tags are unused; driven by a state bit each, so that no command bit is a
+        # constant-only process (which Verilator refuses, ALWNEVER)
+        m.d.comb += [cmd1.buf.eq(Buffer.KV), r1.cmd.valid.eq(0), cmd1.tag.eq(which), cmd0.tag.eq(p)]
         after_fill = Mux(cur1.stats == STATS_TOKEN, 1, Mux(cur1.pairs, 2, 0))  # 1 TSTAT, 2 ROPE, 0 done
         def load_next():
             """Take the next segment (if any) and go to its first item; a segment without any is

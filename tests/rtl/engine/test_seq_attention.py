@@ -92,15 +92,21 @@ def test_attention_dense_equals_emulator(geometry, simulator, tmp_path, request)
     lanes = LANES[request.node.callspec.id.split("-")[-1]]
     cases = dense_cases(geometry, 11 if geometry is TINY else 12)
     runs = check(AttentionSequencer(geometry, lanes, MAX_HEAD_DIM, MAX_KEYS), cases, simulator, tmp_path, "seq_attention")
+    assert_cycles(cases, runs, geometry, lanes, timed, lambda case: AttentionSequencer.cycles(
+        geometry, lanes, case.rows, case.regs.position, case.inst.cols // case.inst.depth, case.inst.depth))
+
+
+def assert_cycles(cases: list[Case], runs, geometry, lanes: int, timed_case, model) -> None:
+    """The formula `model(case)` exact where `timed_case` holds (at least two cases when a beat fits
+    a word), a lower bound elsewhere (more reads per beat, per-channel statistics loaded per block)."""
     exact = 0
     for case, run in zip(cases, runs):
-        i = case.inst
-        model = AttentionSequencer.cycles(geometry, lanes, case.rows, case.regs.position, i.cols // i.depth, i.depth)
-        if timed(case, geometry, lanes):
-            assert run.cycles == model, f"case {case.name}: {run.cycles} cycles, the formula says {model}"
+        want = model(case)
+        if timed_case(case, geometry, lanes):
+            assert run.cycles == want, f"case {case.name}: {run.cycles} cycles, the formula says {want}"
             exact += 1
-        else:  # more reads per beat, or per-channel statistics loaded per block
-            assert run.cycles >= model, f"case {case.name}: {run.cycles} cycles, below the formula's {model}"
+        else:
+            assert run.cycles >= want, f"case {case.name}: {run.cycles} cycles, below the formula's {want}"
     assert exact >= (2 if 4 * lanes <= geometry.word_bytes else 0)
 
 
@@ -177,17 +183,13 @@ def test_attention_lambda_equals_emulator(geometry, simulator, tmp_path, request
     lanes = LANES[request.node.callspec.id.split("-")[-1]]
     cases = lambda_cases(geometry, 13 if geometry is TINY else 14)
     runs = check(AttentionSequencer(geometry, lanes, MAX_HEAD_DIM, MAX_KEYS), cases, simulator, tmp_path, "seq_attention")
-    exact = 0
-    for case, run in zip(cases, runs):
+
+    def model(case: Case) -> int:
         i, regs = case.inst, case.regs
-        model = AttentionSequencer.lambda_cycles(geometry, lanes, case.rows, regs.position, i.cols // i.depth, i.depth,
-                                                 regs.sinks, regs.window, KvMode(i.mode & 3) is KvMode.KV4_TOKEN)
-        if lambda_timed(case, geometry, lanes):
-            assert run.cycles == model, f"case {case.name}: {run.cycles} cycles, the formula says {model}"
-            exact += 1
-        else:  # more reads per beat, or per-channel statistics loaded per block
-            assert run.cycles >= model, f"case {case.name}: {run.cycles} cycles, below the formula's {model}"
-    assert exact >= (2 if 4 * lanes <= geometry.word_bytes else 0)
+        return AttentionSequencer.lambda_cycles(geometry, lanes, case.rows, regs.position, i.cols // i.depth, i.depth,
+                                                regs.sinks, regs.window, KvMode(i.mode & 3) is KvMode.KV4_TOKEN)
+
+    assert_cycles(cases, runs, geometry, lanes, lambda_timed, model)
 
 
 ERRORS = [  # (name, instruction changes, rows, position): operands the sequencer refuses (done with error)
@@ -215,6 +217,11 @@ def test_attention_refuses_what_it_does_not_execute(simulator, tmp_path):
     base = Instruction(Opcode.ATTENTION, mode=0, rows_src=RowSource.TOKENS, src0_buf=ACT, src1_buf=KV, src1_addr=0,
                        stride=1024, dst_buf=ACT, dst_addr=0, cols=16, depth=8, sub=1, aux=4, imm=16)
     cases = [Case(name, base.replace(**changes), rows, Registers(rows, p)) for name, changes, rows, p in ERRORS]
+    assert_refused(cases, simulator, tmp_path)
+
+
+def assert_refused(cases: list[Case], simulator: str, tmp_path) -> None:
+    """Every case ends with done and error, touching no buffer."""
     runs = run_cases(AttentionSequencer(TINY, LANES["tiny"], MAX_HEAD_DIM, MAX_KEYS), cases, [[] for _ in cases],
                      simulator, tmp_path, "seq_attention")
     assert len(runs) == len(cases)
@@ -240,9 +247,4 @@ def test_attention_lambda_refuses_what_it_does_not_execute(simulator, tmp_path):
                        imm=512)
     cases = [Case(name, base.replace(**changes), rows, Registers(rows, p, *shape))
              for name, changes, rows, p, shape in LAMBDA_ERRORS]
-    runs = run_cases(AttentionSequencer(TINY, LANES["tiny"], MAX_HEAD_DIM, MAX_KEYS), cases, [[] for _ in cases],
-                     simulator, tmp_path, "seq_attention")
-    assert len(runs) == len(cases)
-    for case, run in zip(cases, runs):
-        assert run.cycles is not None and run.error, f"case {case.name}: no error"
-        assert not run.fault, f"case {case.name}: touched a buffer"
+    assert_refused(cases, simulator, tmp_path)
