@@ -274,7 +274,7 @@ def save_unrounded(folder: Path | str, model: LlamaModel) -> Path:
         tensors[f"model.layers.{i}.{_parent(name)}.{name}"] = module.unrounded.float().contiguous()
     path = folder / UNROUNDED
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"codes_sha256": _codes_digest(model)})
+    save_file(tensors, str(tmp), metadata={"codes_sha256": codes_digest(model)})
     tmp.replace(path)
     return path
 
@@ -295,7 +295,7 @@ def load_unrounded(folder: Path | str, model: LlamaModel) -> bool:
     except Exception as err:  # safetensors raises its own error types for truncated or bad headers
         raise InputError(f"{path} is damaged and cannot be read ({err}); delete it, or quantize again "
                          "with --keep-unrounded") from None
-    if digest != _codes_digest(model):
+    if digest != codes_digest(model):
         raise InputError(f"{path} was written for other codes than the artifact's {TENSORS}; the files do "
                          "not belong together (delete it, or quantize again with --keep-unrounded)")
     for i, name, module in iter_linears(model):
@@ -308,7 +308,7 @@ def load_unrounded(folder: Path | str, model: LlamaModel) -> bool:
     return True
 
 
-def _codes_digest(model: LlamaModel) -> str:
+def codes_digest(model: LlamaModel) -> str:
     """sha256 over the codes, scales, zero points and 2:4 masks of ``model``'s decoder projections."""
     digest = hashlib.sha256()
     for _, _, module in iter_linears(model):

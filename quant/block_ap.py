@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from llmfab.errors import InputError
+from llmfab.quant.artifact import codes_digest
 from llmfab.quant.calibrate import run_layer
 from llmfab.quant.model import LlamaModel, iter_linears, projection, replace_linear
 from llmfab.quant.qat import cosine_step, save_atomically, trainable_optimizer
@@ -51,7 +52,7 @@ class BlockConfig:
     cosine to 0 over the layer's steps."""
 
     epochs: int
-    lr: float = 1e-4
+    lr: float = 1e-3
     scale_lr: float = 1e-3
     batch_size: int = 2
     seed: int = 0
@@ -104,16 +105,10 @@ class _Stream:
 def _fingerprint(student: LlamaModel, windows: torch.Tensor, held_out, config: BlockConfig) -> dict:
     """What a checkpoint must have been made from to be resumed: the post-training model (its
     stored tensors), the windows and the training settings."""
-    digest = hashlib.sha256()
-    for _, _, module in iter_linears(student):
-        for name in STORED:
-            tensor = getattr(module, name)
-            if tensor is not None:
-                digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
     windows_digest = hashlib.sha256(windows.numpy().tobytes())
     if held_out is not None:
         windows_digest.update(held_out.numpy().tobytes())
-    return {"model": digest.hexdigest(), "windows": windows_digest.hexdigest(), "config": asdict(config)}
+    return {"model": codes_digest(student), "windows": windows_digest.hexdigest(), "config": asdict(config)}
 
 
 def _load_checkpoint(path: Path, fingerprint: dict) -> dict:

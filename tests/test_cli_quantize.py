@@ -84,7 +84,7 @@ def test_block_reconstruction_from_a_kept_unrounded_artifact(tiny_hf_folder, tmp
     and the end-to-end step run without calibrating again."""
     ptq = tmp_path / "ptq"
     assert main(["quantize", str(tiny_hf_folder), "--preset", "w2a8kv4", "-o", str(ptq), *FAST,
-                 "--qat-steps", "0", "--keep-unrounded"]) == 0
+                 "--qat-steps", "0", "--qat-block-epochs", "0", "--keep-unrounded"]) == 0
     assert (ptq / "unrounded.safetensors").is_file()
     text = tmp_path / "train.txt"
     text.write_text("Captain Wentworth wrote the letter while the others talked. " * 40)
@@ -100,6 +100,6 @@ def test_block_reconstruction_from_a_kept_unrounded_artifact(tiny_hf_folder, tmp
     assert json.loads((ptq / "manifest.json").read_text())["recipe"]["qat_texts"] == []
 
     assert main(["quantize", str(tiny_hf_folder), "--preset", "w2a8kv4", "-o", str(tmp_path / "x"), *FAST,
-                 "--qat-steps", "3", "--keep-unrounded"]) == 2
+                 "--qat-steps", "0", "--keep-unrounded"]) == 2  # w2a8kv4 defaults to block reconstruction
     assert "--keep-unrounded keeps GPTQ's pre-rounding weights" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -47,7 +47,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qat-steps", type=int,
                         help="quantization-aware training steps after calibration (preset default: 20 "
                         "for w2a8kv4 and accllm, 0 = none for the others); distills from the float model "
-                        "(KL on the calibration text), checkpoints to DIR.qat.pt and resumes from it. "
+                        "(KL on the --qat-text or calibration text), checkpoints to DIR.qat.pt and resumes from it. "
                         "20-100 s a step for SmolLM2-135M on 2 cores, depending on load")
     parser.add_argument("--qat-mode", choices=("scales", "weights"),
                         help="what QAT trains: scales = the per-group weight scales only, codes frozen "
@@ -66,12 +66,13 @@ def add_arguments(parser) -> None:
                         "calibration windows train its latent weights and per-group scales (codes may "
                         "change; 2:4 masks and integer zero points stay) so that its output, fed by the "
                         "layers already reconstructed, matches the float layer's (MSE); checkpoints after "
-                        "every layer to DIR.qat.block.pt and resumes from it (default 0 = off)")
+                        "every layer to DIR.qat.block.pt and resumes from it (preset default: 2 for w2a8kv4, "
+                        "about 20-25 min for SmolLM2-135M on 2 cores; 0 = off for the others)")
     parser.add_argument("--qat-block-samples", type=int,
                         help="calibration windows of --calib-seq-len tokens block reconstruction trains on "
                         "(default 64; the text's last 2 windows are held out to report the error)")
     parser.add_argument("--qat-block-lr", type=float,
-                        help="block reconstruction learning rate of the latent weights (default 1e-4)")
+                        help="block reconstruction learning rate of the latent weights (default 1e-3)")
     parser.add_argument("--qat-block-scale-lr", type=float,
                         help="block reconstruction learning rate of the per-group scales (default 1e-3)")
     parser.add_argument("--qat-text", action="append", metavar="FILE",
@@ -83,7 +84,7 @@ def add_arguments(parser) -> None:
                         "same model and recipe (QAT settings may differ); block reconstruction needs "
                         "one quantized with --keep-unrounded")
     parser.add_argument("--keep-unrounded", action="store_true",
-                        help="post-training only (--qat-steps 0): also write GPTQ's pre-rounding "
+                        help="post-training only (--qat-steps 0 --qat-block-epochs 0): also write GPTQ's pre-rounding "
                         "weights to DIR/unrounded.safetensors (float32, 4 bytes a weight, about 425 MB "
                         "for SmolLM2-135M; not part of the compressed model), so that --qat-from DIR "
                         "can run block reconstruction later")
@@ -149,7 +150,7 @@ def run(args) -> int:
         from llmfab.errors import InputError
 
         raise InputError("--keep-unrounded keeps GPTQ's pre-rounding weights of a post-training run, "
-                         "which training replaces; give --qat-steps 0 (and no --qat-block-epochs or "
+                         "which training replaces; give --qat-steps 0 --qat-block-epochs 0 (and no "
                          "--qat-from)")
     start = time.perf_counter()
     if args.qat_from:

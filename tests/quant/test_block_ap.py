@@ -209,7 +209,7 @@ def test_cli_runs_block_reconstruction_then_the_end_to_end_step(tiny_hf_folder, 
 
     ptq = tmp_path / "ptq"
     assert main(["quantize", str(tiny_hf_folder), "--preset", "w2a8kv4", "-o", str(ptq), *common,
-                 "--qat-steps", "0"]) == 0
+                 "--qat-steps", "0", "--qat-block-epochs", "0"]) == 0
     capsys.readouterr()
     assert main(["quantize", str(tiny_hf_folder), "--preset", "w2a8kv4", "-o", str(tmp_path / "b"), *common,
                  "--qat-steps", "0", "--qat-block-epochs", "1", "--qat-block-samples", "4",
@@ -217,5 +217,5 @@ def test_cli_runs_block_reconstruction_then_the_end_to_end_step(tiny_hf_folder, 
     assert "drop --qat-from (calibrate afresh)" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
     assert main(["quantize", str(tiny_hf_folder), "--preset", "w2a8kv4", "-o", str(tmp_path / "c"), *common,
-                 "--qat-steps", "0", "--qat-from", str(ptq)]) == 2
+                 "--qat-steps", "0", "--qat-block-epochs", "0", "--qat-from", str(ptq)]) == 2
     assert "give --qat-steps N or --qat-block-epochs N" in capsys.readouterr().err
