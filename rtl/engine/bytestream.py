@@ -50,9 +50,10 @@ def byte_mask(count, nbytes: int):
     return ((Const(1, nbytes + 1) << count) - 1)[:nbytes]
 
 
-def bit_mask(mask, nbytes: int):
-    """A byte mask (one bit per byte) as a bit mask (eight bits per byte)."""
-    return Cat(*(mask[k].replicate(8) for k in range(nbytes)))
+def low_bytes_bits(count, nbytes: int):
+    """The `8 · nbytes`-bit mask of the low `count` bytes (count in 0..nbytes), as one shift:
+    a bit-per-byte mask expanded by slicing would be lowered by Amaranth once per bit read."""
+    return ((Const(1, 8 * nbytes + 1) << (count * 8)) - 1)[:8 * nbytes]
 
 
 class Packer(wiring.Component):
@@ -92,7 +93,7 @@ class Packer(wiring.Component):
         m.d.comb += self.empty.eq((fill == 0) & ~flushing)
         push = self.i.valid & self.i.ready
         incoming = Signal(8 * n_in)
-        m.d.comb += incoming.eq((beat.data >> (beat.first * 8)) & bit_mask(byte_mask(beat.count, n_in), n_in))
+        m.d.comb += incoming.eq((beat.data >> (beat.first * 8)) & low_bytes_bits(beat.count, n_in))
         kept = Signal(8 * capacity)
         m.d.comb += kept.eq(Mux(pop, acc >> (8 * n_out), acc))
         with m.If(push):
@@ -111,18 +112,23 @@ class WordReader(wiring.Component):
 
     Members: `cmd` (RangeCommand stream; a range of 0 bytes is taken and produces nothing),
     `o` (packed stream), `port` (a buffer read port), `idle` (no command in progress and no
-    chunk left inside).
+    chunk left inside). With `shared`, the port is one of several behind an arbiter: `request`
+    says the reader would read this cycle, and it reads only when `grant` is high.
     """
 
     FIFO_DEPTH = 4
 
-    def __init__(self, geometry: BufferGeometry, out_bytes: int | None = None):
+    def __init__(self, geometry: BufferGeometry, out_bytes: int | None = None, shared: bool = False):
         self.geometry = geometry
         self.out_bytes = out_bytes or geometry.word_bytes
-        super().__init__({"cmd": In(stream.Signature(RangeCommand)),
-                          "o": Out(stream.Signature(packed_layout(self.out_bytes))),
-                          "port": Out(read_port_signature(geometry)),
-                          "idle": Out(1)})
+        self.shared = shared
+        members = {"cmd": In(stream.Signature(RangeCommand)),
+                   "o": Out(stream.Signature(packed_layout(self.out_bytes))),
+                   "port": Out(read_port_signature(geometry)),
+                   "idle": Out(1)}
+        if shared:
+            members.update({"request": Out(1), "grant": In(1)})
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -147,6 +153,9 @@ class WordReader(wiring.Component):
         in_flight = Signal()
         room = words.level + in_flight < self.FIFO_DEPTH
         issue = busy & room
+        if self.shared:
+            m.d.comb += self.request.eq(issue)
+            issue = issue & self.grant
         count = Signal(range(w + 1))
         m.d.comb += count.eq(Mux(left < w - first, left, w - first))
         m.d.comb += [self.port.buf.eq(buf), self.port.addr.eq(word), self.port.en.eq(issue)]

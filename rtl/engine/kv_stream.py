@@ -21,7 +21,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .buffers import BUFFER_ID_BITS, BufferGeometry, read_port_signature, write_port_signature
-from .bytestream import ADDR_BITS, bit_mask, byte_mask
+from .bytestream import ADDR_BITS, byte_mask, low_bytes_bits
 
 
 def span_command(max_bytes: int, tag_bits: int = 1) -> data.StructLayout:
@@ -157,7 +157,7 @@ class ScatterWriter(wiring.Component):
             mask = byte_mask(chunk.count, self.max_bytes)
             m.d.sync += [busy.eq(1), buf.eq(chunk.buf), word.eq(chunk.addr >> shift), index.eq(0),
                          left.eq((low + chunk.count + (w - 1)) >> shift),
-                         window.eq((chunk.data & bit_mask(mask, self.max_bytes)) << (low * 8)),
+                         window.eq((chunk.data & low_bytes_bits(chunk.count, self.max_bytes)) << (low * 8)),
                          enables.eq(Cat(mask, Const(0, w * slots - self.max_bytes)) << low)]
         return m
 
