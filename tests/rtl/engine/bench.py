@@ -32,9 +32,7 @@ class BufferEmulator(Emulator):
 
     def __init__(self, geometry: EngineGeometry):  # noqa: D107 - the program-less state Emulator's handlers use
         g = geometry.buffers
-        self.buffers = {buf: np.zeros(words * g.word_bytes, dtype=np.uint8) for buf, words in g.words.items()}
-        self.tile_cache, self.wgt_tags, self.transfer_plans = {}, {}, {}
-        self.lambda_views = {}  # sim/emulator_lambda.py keeps its region views here
+        self._init_buffers({buf: words * g.word_bytes for buf, words in g.words.items()})
         self.instructions, self.current = [], 0
         self.registers = Registers(0, 0)
 
