@@ -279,14 +279,13 @@ class GemmCore(wiring.Component):
         m.d.comb += [results.w_en.eq(macs[0][0].o.valid), results.w_data.eq(Cat(*sums)),
                      self.result.valid.eq(results.r_rdy), self.result.payload.as_value().eq(results.r_data),
                      results.r_en.eq(self.result.ready)]
-        self.probe = dict(fire=fire, beat=beat, row=row, upper=upper, b_valid=b_valid, macs=macs, results=results, codes_fill=self.codes_fill, zeros_fill=self.zeros_fill)  # DEBUG
         return m
 
     def _load_activations(self, m: Module, write) -> None:
         """Write each `act` chunk at its token's next columns (word `column / columns`)."""
         chunk = self.act.payload
         a16 = self.config.a16
-        token = Signal(range(self.tokens), name="load_token")
+        token = Signal(range(max(self.tokens, 2)), name="load_token")  # 1 bit at least: Verilator rejects [-1:0]
         column = Signal(FIELD_BITS + 1, name="load_column")
         lanes2 = self.columns
         log = _log2(lanes2)
@@ -298,7 +297,8 @@ class GemmCore(wiring.Component):
         count = Mux(a16, chunk.count >> 1, chunk.count)
         lane0 = column[:log]
         placed = barrel_shift(values, lane0 * CODE_BITS, lanes2 * CODE_BITS, left=True)
-        mask = (((Const(1, lanes2 + 1) << count) - 1) << lane0)[:lanes2]
+        mask = Signal(lanes2, name="load_mask")  # one signal: an expression would be lowered once per token
+        m.d.comb += mask.eq((((Const(1, lanes2 + 1) << count) - 1) << lane0)[:lanes2])
         m.d.comb += [self.act.ready.eq(1), write.addr.eq(column >> log),
                      write.data.eq(placed.replicate(self.tokens))]
         for t in range(self.tokens):

@@ -375,5 +375,4 @@ class GemmSequencer(Sequencer):
             with m.State("DONE"):
                 m.d.comb += [self.done.eq(1), self.error.eq(invalid | header_error | output.overflow | pattern_error)]
                 m.next = "IDLE"
-        self.probe = dict(states={n: fsm.ongoing(n) for n in ("IDLE", "LOAD", "PREP", "ISSUE", "STREAM", "DONE")}, cores=cores, output=output, writer=writer, prep_done=prep_done, act=act, header=readers["header"].o)  # DEBUG
         return m
