@@ -84,6 +84,7 @@ def distillation_loss(student_logits, teacher_logits, temperature: float) -> tor
 def save_atomically(state: dict, path: Path) -> None:
     """``torch.save`` to a temporary sibling, then rename it into place: a reader (or a resumed
     run after a crash) sees the previous checkpoint or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # DIR.qat.pt sits beside -o DIR, whose parent may be new
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)

@@ -264,10 +264,10 @@ MEASURED_SMOOTH_ALPHA = 0.7
 # perplexity ratio 4.91 to 2.66 (docs/compression_measurements.md), 7-30 min on 2 shared cores.
 QAT_STEPS_2BIT = 20
 
-# Block reconstruction of w2a8kv4 (2 epochs per layer, latent-weight and scale lr 1e-3) before those
-# 20 steps: on SmolLM2-135M perplexity ratio 2.13 instead of 2.66 (128 windows of four novels;
-# docs/compression_measurements.md, "Block reconstruction"), 22 min more on 2 cores. accllm is not
-# measured with it yet, so it keeps the end-to-end steps alone.
+# Block reconstruction (2 epochs per layer, latent-weight and scale lr 1e-3) before those 20 steps:
+# on SmolLM2-135M (128 windows of four novels; docs/compression_measurements.md, "Block
+# reconstruction") w2a8kv4's perplexity ratio 2.13 instead of 2.66, accllm's 2.62 instead of 3.72;
+# 22-25 min more on 2 cores.
 QAT_BLOCK_EPOCHS_W2 = 2
 
 PRESETS: dict[str, Recipe] = {
@@ -279,7 +279,8 @@ PRESETS: dict[str, Recipe] = {
                       qat_steps=QAT_STEPS_2BIT, qat_block_epochs=QAT_BLOCK_EPOCHS_W2),
     "accllm": Recipe("accllm", weight_bits=2, group_size=64, act_bits=8, kv_bits=4,
                      sparsity=Sparsity.TWO_FOUR, pruning=PruningMethod.SPARSEGPT,
-                     sinks=DEFAULT_SINKS, window=DEFAULT_WINDOW, qat_steps=QAT_STEPS_2BIT),
+                     sinks=DEFAULT_SINKS, window=DEFAULT_WINDOW, qat_steps=QAT_STEPS_2BIT,
+                     qat_block_epochs=QAT_BLOCK_EPOCHS_W2),
 }
 
 

@@ -66,7 +66,7 @@ def add_arguments(parser) -> None:
                         "calibration windows train its latent weights and per-group scales (codes may "
                         "change; 2:4 masks and integer zero points stay) so that its output, fed by the "
                         "layers already reconstructed, matches the float layer's (MSE); checkpoints after "
-                        "every layer to DIR.qat.block.pt and resumes from it (preset default: 2 for w2a8kv4, "
+                        "every layer to DIR.qat.block.pt and resumes from it (preset default: 2 for w2a8kv4 and accllm, "
                         "about 20-25 min for SmolLM2-135M on 2 cores; 0 = off for the others)")
     parser.add_argument("--qat-block-samples", type=int,
                         help="calibration windows of --calib-seq-len tokens block reconstruction trains on "

@@ -106,8 +106,10 @@ def test_qat_texts_round_trip_and_default_for_older_manifests():
 
 
 def test_2bit_presets_train_as_measured():
-    """w2a8kv4: block reconstruction (2 epochs, lr 1e-3) then 20 scales-only steps, the best measured
-    on SmolLM2 (docs/compression_measurements.md); accllm keeps the 20 end-to-end steps alone."""
-    w2, acc = PRESETS["w2a8kv4"], PRESETS["accllm"]
-    assert (w2.qat_block_epochs, w2.qat_block_lr, w2.qat_block_scale_lr, w2.qat_steps) == (2, 1e-3, 1e-3, 20)
-    assert (acc.qat_block_epochs, acc.qat_steps) == (0, 20) and w2.trains and acc.trains
+    """Both 2-bit presets: block reconstruction (2 epochs, lr 1e-3) then 20 scales-only steps, the
+    best measured on SmolLM2 (docs/compression_measurements.md); the others train nothing."""
+    for name in ("w2a8kv4", "accllm"):
+        r = PRESETS[name]
+        assert (r.qat_block_epochs, r.qat_block_lr, r.qat_block_scale_lr, r.qat_steps) == (2, 1e-3, 1e-3, 20)
+        assert r.trains
+    assert not PRESETS["w4a8kv4"].trains and not PRESETS["w8a8kv8"].trains
