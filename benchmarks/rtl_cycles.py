@@ -19,26 +19,18 @@ import argparse
 import json
 import sys
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 
-def model_cycles(program, runs) -> list[dict]:
-    from llmfab.compiler.isa import Opcode, Registers, decode_program
-    from llmfab.sim.op_timing import op_cost
+def model_cycles(folder: Path, runs) -> list[dict]:
+    """The cycle model's cycles per opcode of each run (op_cost summed by RoutineTimer)."""
+    from llmfab.sim.cycle_model import RoutineTimer
+    from llmfab.sim.cycle_program import program_from_folder
 
-    insts = decode_program(program.instructions_bytes())
-    limits = program.manifest["limits"]
-    out = []
-    for run in runs:
-        routine = program.manifest["routines"][run.routine]
-        regs = Registers(run.n_tokens, run.position, limits.get("sinks") or 0, limits.get("window") or 0,
-                         limits["max_prefill_tokens"])
-        table = defaultdict(float)
-        for address in range(routine["entry"], routine["entry"] + routine["count"]):
-            table[Opcode(insts[address].opcode).name] += op_cost(insts[address], regs, program.hardware).cycles
-        out.append(dict(table))
-    return out
+    timed = program_from_folder(folder)
+    timer = RoutineTimer(timed.instructions, timed.hardware)
+    return [timer.time(timed.entries[run.routine], timed.registers(run.n_tokens, run.position)).cycles_by_opcode
+            for run in runs]
 
 
 def main(argv=None) -> int:
@@ -47,19 +39,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="results/rtl_cycles.json")
     args = parser.parse_args(argv)
 
-    from llmfab.boards.hardware import HardwareConfig
-    from llmfab.tests.fixtures.tiny_models import TINY_CONFIGS, write_tiny_hf_folder
     from llmfab.tests.rtl.engine.engine_harness import assert_same_hbm, emulate, run_engine
-    from llmfab.tests.rtl.engine.test_engine_model import FORMATS, RUNS
-    from llmfab.tests.sim.emulator_fixtures import compile_artifact, tiny_artifact
+    from llmfab.tests.rtl.engine.test_engine_model import RUNS, build_tiny_program
 
     work = Path(tempfile.mkdtemp(prefix="rtl-cycles-"))
-    hf = write_tiny_hf_folder(work / "hf", TINY_CONFIGS["linear-rope"])
-    program = compile_artifact(tiny_artifact(work / "artifact", hf, FORMATS), work / "program",
-                               HardwareConfig.from_preset("u280-rtl-tiny"))[2]
+    program = build_tiny_program(work)
     result = run_engine(program, RUNS, args.simulator, work / "sim", max_cycles=400000)
     assert_same_hbm(program, result, emulate(program, RUNS))
-    model = model_cycles(program, RUNS)
+    model = model_cycles(work / "program", RUNS)
     rtl = [{name: row["cycles"] for name, row in result.cycles_by_opcode(i).items()} for i in range(len(RUNS))]
     classes = sorted(set().union(*rtl, *model) - {"END"})
     totals = {name: {"rtl": sum(r.get(name, 0) for r in rtl), "model": round(sum(m.get(name, 0) for m in model), 1)}

@@ -27,16 +27,11 @@ from llmfab.sim.linear_ops import ROW_ACCUMULATOR_BITS
 from .bytestream import ADDR_BITS
 from .gemm_core import FIELD_BITS
 from .gemm_streams import element_layout
+from .seq_support import fits_signed
 
 ACT32_BYTES, INT64_BYTES = 4, 8
 EXPONENT_BITS = 6  # E of the MAC's step (REQUANT gives E in [-29, 10])
 LATENCY = 1 + FINISH_STAGES
-
-
-def fits_signed(value, bits: int):
-    """The value lies in the `bits`-bit two's-complement range."""
-    top = value[bits - 1:]
-    return (top == 0) | top.all()
 
 
 class GemmOutput(wiring.Component):

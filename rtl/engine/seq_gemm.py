@@ -71,15 +71,16 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 
 from llmfab.compiler.isa import Buffer, Opcode
+from llmfab.compiler.weight_tiles import ALIGN as SECTION_ALIGN
 
-from .bytestream import ADDR_BITS, LENGTH_BITS, WordReader
+from .bytestream import ADDR_BITS, WordReader
 from .gemm_core import FIELD_BITS, GemmCore, tile_row_bytes
-from .gemm_output import EXPONENT_BITS, LATENCY as OUTPUT_LATENCY, GemmOutput, fits_signed
+from .gemm_output import EXPONENT_BITS, GemmOutput
 from .gemm_streams import BitWindow, ElementReader, ElementWriter, share_read_port
+from .seq_support import Region, fits_signed, overlaps, too_long
 from .sequencer import ROWS_BITS, Sequencer
 
 HEADER_BYTES = 8  # int32 scale mantissa, int32 scale exponent
-SECTION_ALIGN = 64  # compiler/weight_tiles.py ALIGN
 DIVIDE_STEPS = FIELD_BITS
 PREP_CYCLES = DIVIDE_STEPS + 3
 LOAD_CYCLES = 5
@@ -93,11 +94,6 @@ def _power_of_two(n: int) -> bool:
 
 def _align(value):
     return (value + SECTION_ALIGN - 1) & ~(SECTION_ALIGN - 1)
-
-
-def _overlap(a: tuple, b: tuple):
-    """Regions (buf, start, end) share a byte."""
-    return (a[0] == b[0]) & (a[1] < a[2]) & (b[1] < b[2]) & (a[1] < b[2]) & (b[1] < a[2])
 
 
 class GemmSequencer(Sequencer):
@@ -259,15 +255,16 @@ class GemmSequencer(Sequencer):
                      ends["src1"].eq(inst.src1_addr + offsets["shifts"] + n_cols),
                      ends["dst"].eq(inst.dst_addr + before_last * stride + 4 * n_cols),
                      ends["acc"].eq(tokens * n_cols * 8)]
-        src0 = (inst.src0_buf, inst.src0_addr, ends["src0"])
-        src1 = (inst.src1_buf, inst.src1_addr, ends["src1"])
-        acc_region = (Buffer.OUT, 0, ends["acc"])
-        dst = (inst.dst_buf, inst.dst_addr, ends["dst"])
-        written = tuple(Mux(acc_last, a, b) for a, b in zip(dst, acc_region))
-        limit = 1 << ADDR_BITS
-        region_error = (ends["src0"] > limit) | (ends["src1"] > limit) | (written[2] > limit) \
-            | _overlap(written, src0) | _overlap(written, src1) | (acc_last & ~acc_first & _overlap(dst, acc_region)) \
-            | Cat(*((size >> LENGTH_BITS) != 0 for size in (code_bytes, pattern_bytes, 2 * group_bytes))).any()
+        src0 = Region(inst.src0_buf, inst.src0_addr, ends["src0"] - inst.src0_addr)
+        src1 = Region(inst.src1_buf, inst.src1_addr, ends["src1"] - inst.src1_addr)
+        acc_region = Region(Buffer.OUT, 0, ends["acc"])
+        dst = Region(inst.dst_buf, inst.dst_addr, ends["dst"] - inst.dst_addr)
+        written = Region(*(Mux(acc_last, a, b) for a, b in ((dst.buf, acc_region.buf), (dst.addr, acc_region.addr),
+                                                              (dst.nbytes, acc_region.nbytes))))
+        limit = 1 << ADDR_BITS  # a region may end at the last address exactly
+        region_error = (ends["src0"] > limit) | (ends["src1"] > limit) | (written.end > limit) \
+            | overlaps(written, src0) | overlaps(written, src1) | (acc_last & ~acc_first & overlaps(dst, acc_region)) \
+            | Cat(*(too_long(size) for size in (code_bytes, pattern_bytes, 2 * group_bytes))).any()
         nothing = (tokens == 0) | (n_cols == 0)
         invalid = static_error | (remainder != 0) | (~nothing & region_error)
 

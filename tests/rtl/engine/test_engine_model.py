@@ -16,6 +16,7 @@ simulators. `python benchmarks/rtl_cycles.py --simulator verilator` runs it on V
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,12 +33,16 @@ FORMATS = dict(recipe=dict(preset="w2a8kv4", group_size=16, sparsity="2:4", zero
 RUNS = [Run("prefill", 3, 0, tokens=(5, 17, 42)), Run("decode", 1, 3, tokens=(99,)), Run("decode", 1, 4, tokens=(7,))]
 
 
-@pytest.fixture(scope="module")
-def tiny_program(tmp_path_factory):
-    work = tmp_path_factory.mktemp("engine-model")
+def build_tiny_program(work: Path):
+    """The compiled tiny model (FORMATS, u280-rtl-tiny) in `work / "program"`, loaded."""
     hf = write_tiny_hf_folder(work / "hf", TINY_CONFIGS["linear-rope"])
     artifact = tiny_artifact(work / "artifact", hf, FORMATS)
     return compile_artifact(artifact, work / "program", HardwareConfig.from_preset("u280-rtl-tiny"))[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_program(tmp_path_factory):
+    return build_tiny_program(tmp_path_factory.mktemp("engine-model"))
 
 
 @pytest.mark.parametrize("simulator", [p for p in simulator_params() if "icarus" in p.values])
