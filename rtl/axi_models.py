@@ -181,6 +181,9 @@ class BurstRecord:
     beats: int
 
 
+DEFAULT_READ_LATENCY = 2  # cycles from an accepted AR to its first R beat
+
+
 class AxiMemory:
     """A byte-addressed memory behind an AXI4 slave port, with protocol checks.
 
@@ -191,7 +194,7 @@ class AxiMemory:
     """
 
     def __init__(self, dut, bundle: str, clk, size: int, *, data_width: int, stall: float = 0.0,
-                 read_latency: int = 2, seed: int = 0, error_ranges: tuple[tuple[int, int], ...] = (),
+                 read_latency: int = DEFAULT_READ_LATENCY, seed: int = 0, error_ranges: tuple[tuple[int, int], ...] = (),
                  separator: str = AMARANTH_SEPARATOR):
         self.bus = _Port(dut, bundle, separator)
         self.clk = clk

@@ -18,6 +18,7 @@ from llmfab.quant.recipe import Recipe
 from .cycle_program import program_from_model
 from .cycle_whatif import unbounded_weight_prefetch
 from .hbm_timing import HbmTiming
+from .op_timing import Datapath
 from .performance import Simulator, bounds, power_of
 
 PUBLISHED = {
@@ -36,7 +37,8 @@ def _row(label: str, program, sim: Simulator, context: int, beyond_buffer: bool 
     b = bounds(timing, program, sim.hbm)
     power = power_of(timing, program)
     hw = program.hardware
-    return {"configuration": label, "context": context, "decode_tokens_per_s": 1 / timing.seconds,
+    return {"configuration": label, "datapath": sim.datapath.value, "context": context,
+            "decode_tokens_per_s": 1 / timing.seconds,
             "hbm_bytes_per_token": timing.hbm_bytes, "weight_bytes_per_token": timing.hbm_bytes_by_kind.get("weights", 0),
             "kv_bytes_per_token": timing.hbm_bytes_by_kind.get("kv_cache", 0),
             "hbm_utilization": timing.hbm_bytes / (timing.cycles * hw.peak_hbm_bytes_per_cycle),
@@ -51,23 +53,25 @@ def flightllm_u280(contexts=(128, 512)) -> list[dict]:
     recipe = Recipe.from_preset("w4a8kv4", name="flightllm-like", weight_bits=3, group_size=64, kv_bits=16,
                                 smooth_alpha=None)
     program = program_from_model(model_shape("llama-2-7b"), recipe, HardwareConfig.from_preset("u280-default"))
-    sim = Simulator(program, hbm=FLIGHTLLM_HBM)
+    sim = Simulator(program, hbm=FLIGHTLLM_HBM, datapath=Datapath.TARGET)  # FlightLLM's datapath, not our RTL's
     return [_row("FlightLLM-like: W3 g64, A8, KV 16-bit (ACT32), dense, HBM at 65.9 %", program, sim, c,
                  beyond_buffer=True) for c in contexts]
 
 
 def accllm_u280(contexts=(1024, 32768), engine: str = "u280-accllm") -> list[dict]:
-    """Our engine with the accllm recipe, as compiled and with striped staging regions."""
+    """Our engine with the accllm recipe, as compiled and with unbounded weight prefetch, on the
+    target datapath and on the RTL's (op_timing.Datapath)."""
     program = program_from_model(model_shape("llama-2-7b"), Recipe.from_preset("accllm"), HardwareConfig.from_preset(engine))
     rows = []
-    for label, prog in ((f"accllm on {engine}, as compiled", program),
-                        (f"accllm on {engine}, unbounded weight prefetch (what-if)", unbounded_weight_prefetch(program))):
-        sim = Simulator(prog)
-        rows.extend(_row(label, prog, sim, c) for c in contexts)
+    for datapath in (Datapath.TARGET, Datapath.RTL):
+        for label, prog in ((f"accllm on {engine}, as compiled", program),
+                            (f"accllm on {engine}, unbounded weight prefetch (what-if)", unbounded_weight_prefetch(program))):
+            sim = Simulator(prog, datapath=datapath)
+            rows.extend(_row(f"{label}, {datapath.value} datapath", prog, sim, c) for c in contexts)
     return rows
 
 
-def board_comparison(engine: str = "u280-accllm", context: int = 1024) -> list[dict]:
+def board_comparison(engine: str = "u280-accllm", context: int = 1024, datapath: Datapath = Datapath.TARGET) -> list[dict]:
     """The accllm Llama-2-7B decode on every shipped HBM board with the same engine (and on the
     Versal board also at the clock its pseudo-channels need), with the fit check's verdict."""
     from llmfab.boards.hardware import EngineDoesNotFitError
@@ -83,7 +87,8 @@ def board_comparison(engine: str = "u280-accllm", context: int = 1024) -> list[d
         except EngineDoesNotFitError as err:
             fits = str(err)
         program = program_from_model(model_shape("llama-2-7b"), Recipe.from_preset("accllm"), hardware)
-        row = _row(f"accllm on {board} at {hardware.engine.clock_mhz:g} MHz", program, Simulator(program), context)
+        row = _row(f"accllm on {board} at {hardware.engine.clock_mhz:g} MHz", program,
+                   Simulator(program, datapath=datapath), context)
         row.update(board=board, clock_mhz=hardware.engine.clock_mhz, fits=fits,
                    board_hbm_gbs=hardware.board.hbm.total_bandwidth_gbs,
                    engine_hbm_gbs=hardware.peak_hbm_bytes_per_s / 1e9)

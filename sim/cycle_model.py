@@ -65,10 +65,11 @@ class RoutineTimer:
     """Times routines of one instruction stream on one hardware config, caching fixed costs."""
 
     def __init__(self, instructions: Sequence[Instruction], config: HardwareConfig, num_layers: int | None = None,
-                 hbm: HbmTiming = DEFAULT_HBM_TIMING):
+                 hbm: HbmTiming = DEFAULT_HBM_TIMING, datapath: op_timing.Datapath = op_timing.DEFAULT_DATAPATH):
         self.instructions = list(instructions)
         self.config = config
         self.hbm = hbm
+        self.datapath = datapath
         self.num_layers = num_layers
         self._static: dict[int, OpCost] = {}
         self._routines: dict[int, np.ndarray] = {}
@@ -90,10 +91,10 @@ class RoutineTimer:
     def cost(self, address: int, regs: Registers) -> OpCost:
         inst = self.instructions[address]
         if op_timing.depends_on_registers(inst):
-            return op_timing.op_cost(inst, regs, self.config, self.hbm)
+            return op_timing.op_cost(inst, regs, self.config, self.hbm, self.datapath)
         cached = self._static.get(address)
         if cached is None:
-            cached = self._static[address] = op_timing.op_cost(inst, regs, self.config, self.hbm)
+            cached = self._static[address] = op_timing.op_cost(inst, regs, self.config, self.hbm, self.datapath)
         return cached
 
     def time(self, entry: int, regs: Registers) -> RoutineTiming:

@@ -13,6 +13,7 @@ Conventions: `T` n_tokens, `P` position, `S`/`W` Λ sinks/window, `L_mode` the l
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from dataclasses import dataclass
 
@@ -35,6 +36,28 @@ TIMING_SOURCES = {
     "ROW_RECIPROCAL_CYCLES": "estimate: normalise + table + one Newton step of the reciprocal/rsqrt (§6.1-6.2)",
     "DECODE_LANE_DIGIT_BITS": "design: the decode lanes are int8 x int2 shift-add units (docs/hardware.md)",
 }
+
+
+class Datapath(enum.Enum):
+    """Which COMPUTE datapath the formulas time.
+
+    - `RTL`: the engine as built, each opcode's Amaranth sequencer formula (sim/rtl_timing.py),
+      which the RTL's cocotb tests assert cycle for cycle;
+    - `TARGET`: the datapath the design aims at (the formulas of this module): GEMV lanes that
+      take one 2-bit digit per cycle, a prefill array, attention lanes shared by every head and
+      key with the softmax overlapped, a fixed 16-cycle fill per instruction. The RTL does not
+      have it yet (docs/performance.md, "Target and built datapath").
+
+    MEMORY instructions take the HBM timing (hbm_timing) under both; under `RTL` no less than the
+    RTL's LOAD/STORE units need (rtl/engine/memory_unit.transfer_cycles, one instruction at a time,
+    so a request's latency is not hidden behind the previous transfer).
+    """
+
+    RTL = "rtl"
+    TARGET = "target"
+
+
+DEFAULT_DATAPATH = Datapath.RTL
 
 
 @dataclass(frozen=True)
@@ -263,12 +286,24 @@ MEMORY_TIMING = {Opcode.LOAD, Opcode.LOAD_ROWS, Opcode.STORE}
 
 
 def op_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
-            hbm: HbmTiming = DEFAULT_HBM_TIMING) -> OpCost:
-    """The cost of any instruction (dispatch on its opcode)."""
+            hbm: HbmTiming = DEFAULT_HBM_TIMING, datapath: Datapath = DEFAULT_DATAPATH) -> OpCost:
+    """The cost of any instruction (dispatch on its opcode); under `Datapath.RTL` a COMPUTE
+    instruction takes the RTL sequencer's cycles, with this module's work and datapath figures."""
     opcode = Opcode(inst.opcode)
     if opcode in MEMORY_TIMING:
-        return OPCODE_TIMING[opcode](inst, regs, config, hbm)
-    return OPCODE_TIMING[opcode](inst, regs, config)
+        cost = OPCODE_TIMING[opcode](inst, regs, config, hbm)
+        if datapath is Datapath.RTL:  # the slower of the memory and the RTL's DMA; one instruction at a time
+            from . import rtl_timing
+
+            rtl = rtl_timing.memory_cycles(inst, regs, config, math.ceil(hbm_timing.latency_cycles(config, hbm) - 1e-6))
+            return dataclasses.replace(cost, cycles=float(max(cost.cycles, rtl)), latency=0.0)
+        return cost
+    cost = OPCODE_TIMING[opcode](inst, regs, config)
+    if datapath is Datapath.RTL and opcode is not Opcode.END:
+        from . import rtl_timing
+
+        return dataclasses.replace(cost, cycles=float(rtl_timing.compute_cycles(inst, regs, config)))
+    return cost
 
 
 def depends_on_registers(inst: Instruction) -> bool:

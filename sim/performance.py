@@ -23,6 +23,7 @@ from . import hbm_timing
 from .hbm_timing import DEFAULT_HBM_TIMING, HbmTiming
 from .cycle_model import RoutineTimer, RoutineTiming
 from .cycle_program import TimedProgram
+from .op_timing import DEFAULT_DATAPATH, Datapath
 from .power_model import Activity, PowerEstimate, estimate_power
 
 PREFILL_SAMPLES = 12
@@ -31,10 +32,12 @@ PREFILL_SAMPLES = 12
 class Simulator:
     """Times the routines of one program; reuse it for sweeps (fixed costs are cached)."""
 
-    def __init__(self, program: TimedProgram, hbm: HbmTiming = DEFAULT_HBM_TIMING):
+    def __init__(self, program: TimedProgram, hbm: HbmTiming = DEFAULT_HBM_TIMING,
+                 datapath: Datapath = DEFAULT_DATAPATH):
         self.program = program
         self.hbm = hbm
-        self.timer = RoutineTimer(program.instructions, program.hardware, program.config.num_layers, hbm)
+        self.datapath = datapath
+        self.timer = RoutineTimer(program.instructions, program.hardware, program.config.num_layers, hbm, datapath)
 
     def decode(self, context: int, check: bool = True) -> RoutineTiming:
         """One decode step with `context` tokens already cached."""
@@ -112,6 +115,7 @@ def summary(program: TimedProgram, context: int, prompt_tokens: int, simulator: 
         "context": context,
         "prompt_tokens": prompt_tokens,
         "lambda_attention": program.recipe.lambda_attention,
+        "datapath": sim.datapath.value,
         "decode_cycles": decode.cycles,
         "decode_seconds": seconds,
         "decode_tokens_per_s": 1.0 / seconds,

@@ -22,6 +22,7 @@ from llmfab.quant.recipe import DEFAULT_SINKS, DEFAULT_WINDOW, Recipe
 
 from . import report_plots
 from .cycle_program import TimedProgram, program_from_model
+from .op_timing import DEFAULT_DATAPATH, Datapath
 from .performance import Simulator, decode_sweep, summary
 
 MARKER = "summary.md"
@@ -39,13 +40,13 @@ class Sweeps:
 
 def write_report(folder: str | Path, config: ModelConfig, recipe: Recipe, hardware: HardwareConfig,
                  context: int = 1024, prompt_tokens: int = 512, engine_name: str = "",
-                 sweeps: Sweeps = Sweeps()) -> dict:
+                 sweeps: Sweeps = Sweeps(), datapath: Datapath = DEFAULT_DATAPATH) -> dict:
     """Compute everything, write the folder, return the summary dict."""
     folder = Path(folder)
     if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir()) or (folder / MARKER).is_file())):
         raise InputError(f"output {folder} exists and is not a report folder; choose a new or empty folder with -o")
     program = program_from_model(config, recipe, hardware)
-    sim = Simulator(program)
+    sim = Simulator(program, datapath=datapath)
     notes = []
     if program.max_context is not None and context + 1 > program.max_context:
         notes.append(f"context lowered from {context} to {program.max_context - 1}: the dense program's KV buffer "
@@ -57,9 +58,9 @@ def write_report(folder: str | Path, config: ModelConfig, recipe: Recipe, hardwa
     with atomic_folder(folder) as tmp:
         data["roofline_points"] = _roofline(tmp / "roofline.png", program, sim, context)
         report_plots.layer_breakdown(tmp / "layers.png", data["cycles_by_layer"], data["cycles_by_opcode"])
-        data["context_sweep"] = _contexts(tmp / "context.png", config, recipe, hardware, sweeps.contexts)
+        data["context_sweep"] = _contexts(tmp / "context.png", config, recipe, hardware, sweeps.contexts, datapath)
         data["prefill_sweep"] = _prefills(tmp / "prefill.png", program, sim, sweeps.prompts)
-        data["design_sweep"] = _design(tmp / "design_sweep.png", program, context, sweeps)
+        data["design_sweep"] = _design(tmp / "design_sweep.png", program, context, sweeps, datapath)
         (tmp / "summary.json").write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
         (tmp / MARKER).write_text(markdown(data), encoding="utf-8")
     return data
@@ -86,14 +87,15 @@ def _roofline(path: Path, program: TimedProgram, sim: Simulator, context: int) -
     return points
 
 
-def _contexts(path: Path, config: ModelConfig, recipe: Recipe, hardware: HardwareConfig, contexts) -> dict:
+def _contexts(path: Path, config: ModelConfig, recipe: Recipe, hardware: HardwareConfig, contexts,
+              datapath: Datapath) -> dict:
     lam = recipe if recipe.lambda_attention else dataclasses.replace(recipe, sinks=DEFAULT_SINKS, window=DEFAULT_WINDOW)
     dense = dataclasses.replace(recipe, sinks=None, window=None)
     curves = {}
     lam_rows = None
     for label, r in ((f"Λ attention (sinks {lam.sinks}, window {lam.window})", lam), ("dense attention", dense)):
         program = program_from_model(config, r, hardware)
-        rows = decode_sweep(program, contexts, Simulator(program), beyond_buffer=True)
+        rows = decode_sweep(program, contexts, Simulator(program, datapath=datapath), beyond_buffer=True)
         curves[label] = rows
         if lam_rows is None:
             lam_rows = [{"context": row["context"],
@@ -115,7 +117,7 @@ def _prefills(path: Path, program: TimedProgram, sim: Simulator, prompts) -> lis
     return rows
 
 
-def _design(path: Path, program: TimedProgram, context: int, sweeps: Sweeps) -> dict:
+def _design(path: Path, program: TimedProgram, context: int, sweeps: Sweeps, datapath: Datapath) -> dict:
     base = program.hardware
     sizes, clocks = list(sweeps.array_sizes), list(sweeps.clocks_mhz)
     decode = np.zeros((len(sizes), len(clocks)))
@@ -130,7 +132,7 @@ def _design(path: Path, program: TimedProgram, context: int, sweeps: Sweeps) -> 
                 fits[i, j] = True
             except EngineDoesNotFitError:
                 fits[i, j] = False
-            sim = Simulator(program.retarget(hw))
+            sim = Simulator(program.retarget(hw), datapath=datapath)
             decode[i, j] = 1 / sim.decode(context).seconds
             chunk = sim.prefill_chunk(program.chunk_tokens, 0)
             prefill[i, j] = program.chunk_tokens / chunk.seconds

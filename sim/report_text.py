@@ -11,7 +11,8 @@ def format_summary(s: dict) -> str:
     """A few aligned sections: headline, bounds, power, per-layer and per-opcode cycles."""
     attention = "Λ" if s["lambda_attention"] else "dense"
     lines = [
-        f"{s['model']}, recipe {s['recipe']} ({attention} attention) on {s['board']} at {s['clock_mhz']:g} MHz",
+        f"{s['model']}, recipe {s['recipe']} ({attention} attention) on {s['board']} at {s['clock_mhz']:g} MHz, "
+        f"{s['datapath']} datapath",
         "",
         f"decode at context {s['context']:,}: {s['decode_tokens_per_s']:,.1f} tokens/s "
         f"({s['decode_seconds'] * 1e3:,.2f} ms, {s['decode_cycles']:,.0f} cycles)",

@@ -76,3 +76,12 @@ def test_an_engine_too_big_for_its_board_is_flagged(capsys, tiny_config):
     assert any("does not fit board 'vhk158'" in w for w in result["warnings"])
     fine = simulate_json(capsys, "--model", tiny_config, *SMALL, "--context", "8", "--prompt-tokens", "8")
     assert fine["warnings"] == []
+
+
+def test_datapath_option_names_the_timing_and_the_built_engine_is_not_faster(capsys, tiny_config):
+    common = ["--model", tiny_config, *SMALL, "--context", "40", "--prompt-tokens", "24"]
+    built = simulate_json(capsys, *common)
+    target = simulate_json(capsys, *common, "--datapath", "target")
+    assert built["datapath"] == "rtl" and target["datapath"] == "target"
+    assert built["decode_cycles"] != target["decode_cycles"]
+    assert built["decode_tokens_per_s"] <= built["hbm_roofline_tokens_per_s"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from .simulate import add_datapath_argument, datapath_of
+
 HELP = "write a folder of performance plots and a markdown summary (cycle model)"
 
 
@@ -29,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context of the headline decode figure and the design sweep (default 1024)")
     parser.add_argument("--prompt-tokens", type=int, default=512,
                         help="prompt length of the headline prefill figure (default 512)")
+    add_datapath_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_model_shape(args.model)
     recipe = Recipe.from_preset(args.preset)
     hardware = HardwareConfig.from_preset(args.engine, board=args.board)
-    data = write_report(args.output, config, recipe, hardware, args.context, args.prompt_tokens, args.engine)
-    print(f"{data['model']} {data['recipe']} on {data['board']} ({args.engine}): decode {data['decode_tokens_per_s']:,.1f} "
+    data = write_report(args.output, config, recipe, hardware, args.context, args.prompt_tokens, args.engine,
+                        datapath=datapath_of(args))
+    print(f"{data['model']} {data['recipe']} on {data['board']} ({args.engine}, {data['datapath']} datapath): decode {data['decode_tokens_per_s']:,.1f} "
           f"tokens/s at context {data['context']:,}, prefill {data['prefill_tokens_per_s']:,.1f} tokens/s, "
           f"{data['tokens_per_joule']:.2f} tokens/J")
     print(f"wrote {args.output}/summary.md and 5 plots")

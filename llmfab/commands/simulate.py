@@ -20,6 +20,20 @@ DEFAULT_CONTEXT = 1024
 DEFAULT_PROMPT = 512
 
 
+def add_datapath_argument(parser: argparse.ArgumentParser) -> None:
+    """`--datapath rtl|target` (sim/op_timing.Datapath), shared by `simulate` and `report`."""
+    parser.add_argument("--datapath", choices=("rtl", "target"), default="rtl",
+                        help="COMPUTE timing: 'rtl' the engine as built (each sequencer's measured cycle formula, "
+                        "the default), 'target' the datapath the design aims at (attention lanes shared by every "
+                        "head, GEMV lanes fed at the HBM rate; not built yet, docs/performance.md)")
+
+
+def datapath_of(args: argparse.Namespace):
+    from llmfab.sim.op_timing import Datapath
+
+    return Datapath(args.datapath)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("program", nargs="?", help="program folder written by `llmfab compile ... -o PROGRAM`")
     parser.add_argument("--model", help="instead of PROGRAM: a model shape (llama-2-7b, llama-2-13b, llama-3-8b, "
@@ -34,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"tokens already in the cache when the decode step runs (default {DEFAULT_CONTEXT})")
     parser.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT,
                         help=f"prompt length for the prefill figures (default {DEFAULT_PROMPT})")
+    add_datapath_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -67,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--context {args.context}: the number of cached tokens cannot be negative")
     if args.prompt_tokens < 1:
         raise InputError(f"--prompt-tokens {args.prompt_tokens}: a prompt has at least one token")
-    from llmfab.sim.performance import summary
+    from llmfab.sim.performance import Simulator, summary
 
     program = load_timed_program(args)
-    result = summary(program, args.context, args.prompt_tokens)
+    result = summary(program, args.context, args.prompt_tokens, Simulator(program, datapath=datapath_of(args)))
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True))
     else:

@@ -14,7 +14,9 @@ one sequencer may serve several opcodes). It is the executor behind the COMPUTE 
    (`fault`, the buffers' sticky flag, cleared at every start), no error otherwise. An opcode
    without a sequencer answers `NO_SEQUENCER` at once.
 
-Cycles: `exe.start` -> sequencer `start` 1, sequencer `done` -> `exe.done` 1 (2 + the sequencer's cycles).
+Cycles: `exe.start` -> sequencer `start` 1, sequencer `done` -> `exe.done` 1 (`DISPATCH_CYCLES` + the
+sequencer's cycles); with the controller's registered start (issue.START_CYCLES) an instruction's
+trace spans its sequencer's `cycles` + 3, which the whole-engine cycle check measures.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from .geometry import EngineGeometry
 from .isa_layout import COMPUTE_LAYOUT
 from .issue import ErrorCode, executor_signature
 from .sequencer import ROWS_BITS, RegistersLayout, Sequencer
+
+DISPATCH_CYCLES = 2
 
 
 class ComputeUnit(wiring.Component):

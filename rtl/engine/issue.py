@@ -55,6 +55,9 @@ TOKEN_BITS = 16  # tokens a queue can hold (a push beyond is TOKEN_OVERFLOW)
 FETCH_WORDS = 4
 FETCH_DEPTH = 8
 UNIT_QUEUE_DEPTH = 4
+# A unit controller registers `exe.start`: an instruction's trace (start .. end) spans its executor's
+# cycles plus this one.
+START_CYCLES = 1
 
 
 class ErrorCode(enum.IntEnum):
@@ -365,7 +368,7 @@ class UnitController(wiring.Component):
             m.d.sync += [busy.eq(1), running.eq(head), start_at.eq(self.cycle), waiting.eq(0)]
         with m.If(self.abort & ~busy):
             m.d.sync += waiting.eq(0)
-        started = Signal()
+        started = Signal()  # START_CYCLES
         m.d.sync += started.eq(go)
         m.d.comb += self.exe.start.eq(started)
         done = busy & self.exe.done

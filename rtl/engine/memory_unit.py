@@ -53,6 +53,54 @@ from .sequencer import RegistersLayout
 
 WIDE = 64  # bits of the address arithmetic (rows x strides do not wrap)
 
+# ---------------------------------------------------------------- timing (`transfer_cycles`)
+# Measured on the whole-engine trace (tests/rtl/engine/test_engine_model.py): the controller's
+# start, RANGE/RUN/PRODUCTS and the first request, the last row's done and the answer.
+LOAD_FIXED_CYCLES = 6
+STORE_FIXED_CYCLES = 7  # ... and the last write response
+GATHER_FIXED_CYCLES = 7  # LOAD_ROWS: ... and the ids' first read
+EMPTY_CYCLES = 6  # an instruction that moves no row
+DIVIDE_CYCLES = 33  # `Divider` when dividend >= divisor (width + 1), else 1
+GATHER_ID_CYCLES = 3  # LOAD_ROWS: per id, before its division
+RING_CYCLES = 2
+
+
+def divide_cycles(dividend: int, divisor: int) -> int:
+    return 1 if dividend < divisor else DIVIDE_CYCLES
+
+
+def transfer_cycles(kind: str, rows, *, beat_bytes: int, word_bytes: int, read_latency: int, setup: int = 0) -> int:
+    """Cycles from start to done of a MEMORY instruction (module docstring) moving `rows` =
+    [(index, port, hbm_addr, buf_addr, nbytes, count)]: `count` rows on `port` alike for the DMA
+    (same size, same alignments), the first of them the instruction's `index`-th request, with the memory answering a read
+    `read_latency` cycles after its request and never stalling: the set-up (`setup`: the striped
+    division, RING), one request per cycle, each port moving its rows back to back in the DMA's
+    row cycles (dma.load_row_cycles / store_row_cycles; rows of more than 64 beats use their
+    aligned closed form, + 1 when unaligned). `kind`: "load", "gather" (LOAD_ROWS: the ids are
+    read and divided one after another, so only the last row's transfer is not hidden) or "store"."""
+    from .dma import load_row_cycles, store_row_cycles
+
+    if not rows:
+        return EMPTY_CYCLES
+
+    def row_cycles(hbm_addr: int, buf_addr: int, nbytes: int) -> int:
+        beats = -(-(hbm_addr % beat_bytes + nbytes) // beat_bytes)
+        if beats <= 64:
+            exact = store_row_cycles if kind == "store" else load_row_cycles
+            return exact(hbm_addr, buf_addr, nbytes, beat_bytes, word_bytes)
+        aligned = hbm_addr % beat_bytes == 0 and buf_addr % word_bytes == 0
+        return beats + (6 if kind == "store" else 4) + (not aligned)
+
+    if kind == "gather":
+        return GATHER_FIXED_CYCLES + read_latency + setup + row_cycles(*max(rows)[2:5])
+    first: dict[int, int] = {}
+    busy: dict[int, int] = {}
+    for index, port, hbm_addr, buf_addr, nbytes, count in rows:
+        first[port] = min(first.get(port, index), index)
+        busy[port] = busy.get(port, 0) + count * row_cycles(hbm_addr, buf_addr, nbytes)
+    fixed = STORE_FIXED_CYCLES if kind == "store" else LOAD_FIXED_CYCLES + read_latency
+    return fixed + setup + max(first[port] + cycles for port, cycles in busy.items())
+
 
 class Divider(wiring.Component):
     """Unsigned `dividend // divisor` and `% divisor`, one bit per cycle (restoring division).

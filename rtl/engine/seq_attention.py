@@ -38,9 +38,21 @@ Cycles from `start` to `done` (`cycles`), with n_t = P + t + 1 keys for query t,
 beats per head, L = sfu_lanes, U = ceil(n_t / L) softmax beats, when every span is one word read
 (see `cycles` for the condition): the setup program, then per (query, head)
 `Q + n_t·b + K + SoftmaxUnit.row_cycles(U, L) + S + b·(n_t + V)` and a fixed tail; the constants
-are in `cycles`, which the tests assert on aligned cases. Under Λ (`lambda_cycles`) the setup
-program is longer (SETUP_LAMBDA_CYCLES), n_t = min(P+t+1, S+W), and the RoPE pairs add one read
-per query beat and per key beat (b + n_t·b), per-token keys one statistics read per key (n_t).
+are in `cycles`, which the tests assert on aligned cases. A staged ACT32 key or value of a
+per-channel stream costs what a code does (one read a beat); a per-channel stream adds its
+statistics fills, m_t = ceil(min(n_t, F) / B) of them per walk (F = B·floor((P+T)/B) keys have
+block codes), each of r = ceil(8A / word) reads a beat: the assembler takes a fill's chunks before
+the beat (b for keys, 1 for values, whose walk is made b times, once per slice), and the phase's
+first fill also waits for its reads, (r−1)·b for keys, r−1 for values; so does a later fill of a
+walk of one-beat segments (values, keys with b = 1) more than FILL_AHEAD (6) segments after the
+previous fill (the fetch reads ahead only the statistics of the segments pushed while the previous
+fill stalled it; also across the end of a value slice), e.g. every block start with B > 6.
+Under Λ (`lambda_cycles`) the setup program is longer (SETUP_LAMBDA_CYCLES), n_t = min(P+t+1, S+W),
+and the RoPE pairs add one read per query beat and per key beat (b + n_t·b), per-token keys one
+statistics read per key (n_t); per-channel fills come at the walk's complete sink blocks, its
+first window key and its later complete window blocks; a key fill adds its 2b reads (one span per
+RoPE half, ceil(4A / word) reads each) on the port the table halves keep busy, a value fill costs
+as in the dense case.
 """
 
 from __future__ import annotations
@@ -71,6 +83,7 @@ SETUP_LAMBDA_CYCLES = 436  # the dense program's first 37 cycles, both Λ layout
 SETUP_CYCLES = 146  # H = cols / D, H / KV (18 each), both streams' layouts (8 steps, 2 x 34), (P+T) / B (34), 2 steps
 HEAD_CYCLES = 38  # per (query, head): the three phases' hand-overs (control, fetch pipeline, consumers' flags)
 TAIL_CYCLES = 2  # the last write, done
+FILL_AHEAD = 6  # segments a stalled fill has behind it in the fetch (7 held: 4 descriptors, read0's, 2 queued)
 
 
 def _log2(n: int) -> int:
@@ -238,27 +251,146 @@ class AttentionSequencer(Sequencer):
         return (HEAD_CYCLES + RequantizeUnit.row_cycles(beats, lanes) + DotProductUnit.latency(lanes)
                 + 2 * n * beats + SoftmaxUnit.row_cycles(-(-n // sl), sl) - -(-n // sl))
 
+    @staticmethod
+    def _stats_reads(geometry, lanes: int, head_dim: int, per_channel: int) -> int:
+        """Word reads of the per-channel statistics of a beat (`per_channel` 8 bytes a channel; 4 for
+        one RoPE half of it): of the last, smallest beat, a full beat of A channels under the
+        formula's condition."""
+        last = head_dim - (-(-head_dim // lanes) - 1) * lanes
+        return -(-per_channel * last // geometry.word_bytes)
+
+    @staticmethod
+    def _fill_cycles(runs: list[tuple[int, int, int]], n: int, passes: int, chunks: int, reads: int,
+                     single: bool) -> int:
+        """Cycles the per-channel statistics fills add to one walk of n segments, made `passes`
+        times: fills at the positions of `runs` ((first, step, count) arithmetic runs, in order),
+        each `chunks` cache chunks of `reads` word reads. The assembler takes a fill's chunks before
+        the segment's first beat (`chunks` cycles); the phase's first fill also waits for its reads
+        ((reads - 1)·chunks more), and so does, in a walk of one-beat segments (`single`), every fill
+        more than FILL_AHEAD segments after the previous one (only the segments pushed while the
+        previous fill stalled have their statistics read ahead)."""
+        runs = [r for r in runs if r[2] > 0]
+        if not runs:
+            return 0
+        fills = sum(count for _, _, count in runs)
+        exposed = 1
+        if single:
+            far = lambda gap: int(gap > FILL_AHEAD)  # noqa: E731
+            ends = [first + step * (count - 1) for first, step, count in runs]
+            within = sum((count - 1) * far(step) for _, step, count in runs)
+            between = sum(far(b[0] - end) for end, b in zip(ends, runs[1:]))
+            exposed += passes * (within + between) + (passes - 1) * far(n - ends[-1] + runs[0][0])
+        return chunks * (passes * fills + (reads - 1) * exposed)
+
     @classmethod
-    def cycles(cls, geometry, lanes: int, tokens: int, position: int, heads: int, head_dim: int) -> int:
-        """Cycles from start to done of a dense ATTENTION whose streams are ACT32 or per token and
-        whose spans are each one word read (module docstring)."""
+    def cycles(cls, geometry, lanes: int, tokens: int, position: int, heads: int, head_dim: int,
+               key_mode: KvMode = KvMode.KV4_TOKEN, value_mode: KvMode = KvMode.KV4_TOKEN, block: int = 1) -> int:
+        """Cycles from start to done of a dense ATTENTION whose spans are each one word read
+        (module docstring); `key_mode`, `value_mode` the streams' KvMode, `block` (`aux`) the
+        per-channel block B. A per-channel stream's keys j < F = B·floor((P+T)/B) are read from
+        their block's codes (a statistics fill at each block start), the others from their staged
+        ACT32 rows, which cost what codes cost."""
+        key_mode, value_mode, block = KvMode(key_mode), KvMode(value_mode), max(block, 1)
         beats = -(-head_dim // lanes)
-        per_head = sum(cls._head_cycles(geometry, lanes, position + t + 1, beats) for t in range(tokens))
+        reads = cls._stats_reads(geometry, lanes, head_dim, 8)
+        full = (position + tokens) // block * block if KvMode.KV4_CHANNEL in (key_mode, value_mode) else 0
+        per_head = 0
+        for t in range(tokens):
+            n = position + t + 1
+            runs = [(0, block, -(-min(n, full) // block))]
+            per_head += cls._head_cycles(geometry, lanes, n, beats)
+            if key_mode is KvMode.KV4_CHANNEL:
+                per_head += cls._fill_cycles(runs, n, 1, beats, reads, beats == 1)
+            if value_mode is KvMode.KV4_CHANNEL:
+                per_head += cls._fill_cycles(runs, n, beats, 1, reads, True)
         return SETUP_CYCLES + TAIL_CYCLES + heads * per_head
+
+    @staticmethod
+    def _lambda_fills(i: int, sinks: int, window: int, block: int) -> list[tuple[int, int, int]]:
+        """Slots s of query i's key walk where a per-channel key is read from a block's codes and
+        loads the block's statistics (LambdaCursor.segment): the completed sink blocks of
+        Bs = min(B, S) tokens, the walk's first window key if its block is complete, then every
+        later complete window block (Bw = min(B, W) tokens from stream index S)."""
+        runs = []
+        if sinks:
+            bs = min(block, sinks)
+            runs.append((0, bs, min(i + 1, sinks) // bs))
+        if i >= sinks:
+            bw = min(block, window)
+            off = max(0, i - sinks - window + 1)  # the walk's first window key is stream index S + off
+            ready = (i - sinks + 1) // bw * bw  # window keys S + u with u < ready are complete
+            if off < ready:
+                nxt = (off // bw + 1) * bw
+                runs += [(sinks, 1, 1), (sinks + nxt - off, bw, max(0, ready - nxt) // bw)]
+        return runs
 
     @classmethod
     def lambda_cycles(cls, geometry, lanes: int, tokens: int, position: int, heads: int, head_dim: int, sinks: int,
-                      window: int, token_keys: bool) -> int:
-        """Cycles from start to done of ATTENTION with flag LAMBDA, streams ACT32 or per token, every
-        span one word read (module docstring): query t sees n_t = min(P+t+1, S+W) keys; as the
-        dense case per (query, head) plus the RoPE pairs' second span per query and key beat
-        (b + n_t·b) and, for per-token keys, their statistics read before the table halves (n_t)."""
+                      window: int, token_keys: bool = True, *, key_mode: KvMode | None = None,
+                      value_mode: KvMode = KvMode.KV4_TOKEN, block: int = 1) -> int:
+        """Cycles from start to done of ATTENTION with flag LAMBDA, every span one word read (module
+        docstring): query t sees n_t = min(P+t+1, S+W) keys; as the dense case per (query, head)
+        plus the RoPE pairs' second span per query and key beat (b + n_t·b) and, for per-token keys,
+        their statistics read before the table halves (n_t). `key_mode` (default: per token if
+        `token_keys`, else ACT32), `value_mode` and `block` as in `cycles`; a per-channel key of a
+        complete block loads the block's statistics, one span per RoPE half of each beat on the
+        read port the table halves keep busy (2b·ceil(4A / word) cycles a fill)."""
+        key_mode = KvMode(key_mode) if key_mode is not None else KvMode.KV4_TOKEN if token_keys else KvMode.ACT32
+        value_mode = KvMode(value_mode)
         beats = -(-head_dim // lanes)
+        reads = cls._stats_reads(geometry, lanes, head_dim, 8)
+        half_reads = cls._stats_reads(geometry, lanes, head_dim, 4)
+        block = max(block, 1)
         per_head = 0
         for t in range(tokens):
-            n = min(position + t + 1, sinks + window)
-            per_head += cls._head_cycles(geometry, lanes, n, beats) + beats + n * beats + (n if token_keys else 0)
+            i = position + t
+            n = min(i + 1, sinks + window)
+            per_head += (cls._head_cycles(geometry, lanes, n, beats) + beats + n * beats
+                         + (n if key_mode is KvMode.KV4_TOKEN else 0))
+            if KvMode.KV4_CHANNEL in (key_mode, value_mode):
+                runs = cls._lambda_fills(i, sinks, window, block)
+                if key_mode is KvMode.KV4_CHANNEL:
+                    per_head += sum(count for _, _, count in runs) * 2 * beats * half_reads
+                if value_mode is KvMode.KV4_CHANNEL:
+                    per_head += cls._fill_cycles(runs, n, beats, 1, reads, True)
         return SETUP_LAMBDA_CYCLES + TAIL_CYCLES + heads * per_head
+
+    @classmethod
+    def wide_beat_cycles(cls, geometry, lanes: int, tokens: int, position: int, heads: int, head_dim: int,
+                         key_mode: KvMode, value_mode: KvMode, block: int = 1, lambda_shape: tuple | None = None) -> int:
+        """Cycles beyond `cycles` / `lambda_cycles` when an ACT32 beat (4 bytes for each of its
+        min(A, D) channels) spans r > 1 buffer words, which their condition excludes: r − 1 more
+        reads for each beat of the query (b per (query, head)) and of every raw ACT32 key or value
+        the walks visit (an ACT32 stream's, or a per-channel stream's staged keys outside complete
+        blocks). An estimate: on the whole-engine run (u280-rtl-tiny, 8-byte words, A = 4, D = 16,
+        per-channel keys still raw) it gives 160 of the 169 cycles the RTL spends beyond `cycles`;
+        the unit tests do not assert it. `lambda_shape` = (S, W) under flag LAMBDA."""
+        reads = -(-4 * min(lanes, head_dim) // geometry.word_bytes)
+        if reads <= 1:
+            return 0
+        beats, block = -(-head_dim // lanes), max(block, 1)
+        complete = (position + tokens) // block * block
+
+        def raw(mode: KvMode, i: int, n: int) -> int:
+            if mode is KvMode.ACT32:
+                return n
+            if mode is not KvMode.KV4_CHANNEL:
+                return 0
+            if lambda_shape is None:
+                return max(0, n - complete)
+            sinks, window = lambda_shape
+            seen_sinks = min(i + 1, sinks)
+            raw_sinks = seen_sinks - seen_sinks // min(block, sinks) * min(block, sinks) if sinks else 0
+            stream = max(0, i - sinks + 1)  # window keys so far
+            bw = min(block, window)
+            return raw_sinks + min(n - seen_sinks, stream - stream // bw * bw)
+
+        visits = 0
+        for t in range(tokens):
+            i = position + t
+            n = i + 1 if lambda_shape is None else min(i + 1, sum(lambda_shape))
+            visits += 1 + raw(KvMode(key_mode), i, n) + raw(KvMode(value_mode), i, n)
+        return heads * beats * (reads - 1) * visits
 
     # ---------------------------------------------------------------------------------------- hardware
     def elaborate(self, platform):

@@ -86,6 +86,7 @@ PREP_CYCLES = DIVIDE_STEPS + 3
 LOAD_CYCLES = 5
 STREAM_CYCLES = 12
 WEIGHT_BITS = (2, 3, 4, 8)
+UNIT_PRODUCTS = 32  # products per EngineMacLanesUnit unless the build says otherwise
 
 
 def _power_of_two(n: int) -> bool:
@@ -105,7 +106,7 @@ class GemmSequencer(Sequencer):
     OPCODES = (Opcode.GEMM,)
 
     def __init__(self, geometry, decode_lanes: int, prefill_rows: int, prefill_cols: int, max_depth: int = 4096,
-                 unit_products: int = 32):
+                 unit_products: int = UNIT_PRODUCTS):
         if not all(_power_of_two(n) and n >= 2 for n in (decode_lanes, prefill_cols, unit_products)):
             raise ValueError("decode_lanes, prefill_cols and unit_products must be powers of two, at least 2")
         if prefill_rows < 1 or max_depth < 1:
@@ -113,16 +114,22 @@ class GemmSequencer(Sequencer):
         if geometry.word_bytes < 8:
             raise ValueError("the accumulator's int64 entries need words of at least 8 bytes")
         self.decode_lanes, self.prefill_rows, self.prefill_cols = decode_lanes, prefill_rows, prefill_cols
-        self.max_depth = max_depth
+        self.max_depth, self.unit_products = max_depth, unit_products
         self.gemv_products = min(decode_lanes, unit_products)
         self.gemm_products = min(prefill_cols, unit_products)
         super().__init__(geometry)
 
     def core_shape(self, mode: int) -> tuple[int, int, int]:
         """(token rows, lanes, products per unit) of the core that runs GemmMode `mode`."""
+        return self.shape_of(mode, self.decode_lanes, self.prefill_rows, self.prefill_cols, self.unit_products)
+
+    @staticmethod
+    def shape_of(mode: int, decode_lanes: int, prefill_rows: int, prefill_cols: int,
+                 unit_products: int = UNIT_PRODUCTS) -> tuple[int, int, int]:
+        """`core_shape` of a GemmSequencer built with these parameters (without building one)."""
         if mode & 1:
-            return self.prefill_rows, self.prefill_cols, self.gemm_products
-        return 1, self.decode_lanes, self.gemv_products
+            return max(1, prefill_rows), prefill_cols, min(prefill_cols, unit_products)
+        return 1, decode_lanes, min(decode_lanes, unit_products)
 
     @classmethod
     def cycles(cls, word_bytes: int, lanes: int, products: int, token_rows: int, tokens: int, cols: int, depth: int,

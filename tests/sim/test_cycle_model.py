@@ -23,6 +23,7 @@ def round_config(monkeypatch):
 
 
 REGS = Registers(n_tokens=1, position=0)
+TARGET = op_timing.Datapath.TARGET  # the hand-computed cases below are of the target datapath
 IDEAL = hbm_timing.HbmTiming(pc_efficiency=1.0, burst_gap_cycles=2.0, read_latency_ns=0.0)
 
 
@@ -37,31 +38,31 @@ def gemv(cols, depth, bits=2, mode=GemmMode.GEMV, **kw):
 
 def test_load_cycles_by_hand(round_config):
     # 8 KiB over one port: 128 beats + 2 bursts x 2 gap cycles.
-    assert op_timing.op_cost(load(8, 1024), REGS, round_config, IDEAL).cycles == 132
+    assert op_timing.op_cost(load(8, 1024), REGS, round_config, IDEAL, TARGET).cycles == 132
     # Striped over 4 ports: 2 KiB per port, one burst each.
     striped = load(8, 1024, flags=Flag.STRIPED, sub=4)
-    assert op_timing.op_cost(striped, REGS, round_config, IDEAL).cycles == 34
+    assert op_timing.op_cost(striped, REGS, round_config, IDEAL, TARGET).cycles == 34
     # A gap between rows in HBM: every 1 KiB row is its own burst.
     gappy = load(8, 1024).replace(hbm_stride=2048)
-    assert op_timing.op_cost(gappy, REGS, round_config, IDEAL).cycles == 128 + 8 * 2
-    assert op_timing.op_cost(load(8, 1024), REGS, round_config, IDEAL).hbm_read_bytes == 8192
+    assert op_timing.op_cost(gappy, REGS, round_config, IDEAL, TARGET).cycles == 128 + 8 * 2
+    assert op_timing.op_cost(load(8, 1024), REGS, round_config, IDEAL, TARGET).hbm_read_bytes == 8192
 
 
 def test_gemm_cycles_by_hand(round_config):
     lanes = round_config.engine.decode_lanes
     assert lanes == 1024
-    assert op_timing.op_cost(gemv(64, 128), REGS, round_config, IDEAL).cycles == 8 + 16
-    assert op_timing.op_cost(gemv(64, 128, mode=GemmMode.GEMV_SPARSE), REGS, round_config, IDEAL).cycles == 4 + 16
-    assert op_timing.op_cost(gemv(64, 128, bits=4), REGS, round_config, IDEAL).cycles == 16 + 16
+    assert op_timing.op_cost(gemv(64, 128), REGS, round_config, IDEAL, TARGET).cycles == 8 + 16
+    assert op_timing.op_cost(gemv(64, 128, mode=GemmMode.GEMV_SPARSE), REGS, round_config, IDEAL, TARGET).cycles == 4 + 16
+    assert op_timing.op_cost(gemv(64, 128, bits=4), REGS, round_config, IDEAL, TARGET).cycles == 16 + 16
     prefill = Instruction(Opcode.GEMM, mode=GemmMode.GEMM, rows=20, cols=40, depth=64, aux=64, sub=2)
-    cost = op_timing.op_cost(prefill, REGS, round_config, IDEAL)
+    cost = op_timing.op_cost(prefill, REGS, round_config, IDEAL, TARGET)
     assert cost.cycles == 2 * 3 * 64 + 16 + 16 + 16 and cost.mode is Mode.PREFILL and cost.macs == 20 * 40 * 64
 
 
 def test_rows_from_runtime_registers(round_config):
     norm = Instruction(Opcode.RMSNORM, rows_src=RowSource.TOKENS, cols=64)
-    one = op_timing.op_cost(norm, Registers(n_tokens=1, position=0), round_config).cycles
-    eight = op_timing.op_cost(norm, Registers(n_tokens=8, position=0), round_config).cycles
+    one = op_timing.op_cost(norm, Registers(n_tokens=1, position=0), round_config, datapath=TARGET).cycles
+    eight = op_timing.op_cost(norm, Registers(n_tokens=8, position=0), round_config, datapath=TARGET).cycles
     sfu = round_config.engine.sfu_lanes
     assert one == 2 * (64 // sfu) + op_timing.ROW_RECIPROCAL_CYCLES + 16
     assert eight == 2 * (8 * 64 // sfu) + 8 * op_timing.ROW_RECIPROCAL_CYCLES + 16
@@ -72,7 +73,7 @@ def program_serial(round_config):
 
 
 def test_serial_program_is_the_sum(round_config):
-    timing = RoutineTimer(program_serial(round_config), round_config, hbm=IDEAL).time(0, REGS)
+    timing = RoutineTimer(program_serial(round_config), round_config, hbm=IDEAL, datapath=TARGET).time(0, REGS)
     assert timing.cycles == 132 + 24
     assert timing.hbm_bytes_by_kind == {"weights": 8192}
     assert timing.count_by_opcode == {"LOAD": 1, "GEMM": 1, "END": 1}
@@ -94,8 +95,8 @@ def double_buffered(round_config, tiles, overlap=True):
 
 def test_double_buffering_hides_compute_under_loads(round_config):
     gemm = 64 * 1024 // 1024 + 16  # 80 cycles, less than a 132-cycle load
-    serial = RoutineTimer(double_buffered(round_config, 4, overlap=False), round_config, hbm=IDEAL).time(0, REGS)
-    overlapped = RoutineTimer(double_buffered(round_config, 4, overlap=True), round_config, hbm=IDEAL).time(0, REGS)
+    serial = RoutineTimer(double_buffered(round_config, 4, overlap=False), round_config, hbm=IDEAL, datapath=TARGET).time(0, REGS)
+    overlapped = RoutineTimer(double_buffered(round_config, 4, overlap=True), round_config, hbm=IDEAL, datapath=TARGET).time(0, REGS)
     assert serial.cycles == 4 * (132 + gemm)
     assert overlapped.cycles == 4 * 132 + gemm
 

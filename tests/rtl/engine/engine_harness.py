@@ -196,3 +196,42 @@ def assert_same_hbm(program: Program, result: EngineResult, expected: list[list[
                 raise AssertionError(f"run {i}: pseudo-channel {pc} byte {bad[0]} (of {bad.size} differing): got "
                                      f"0x{a[bad[0]]:02x}, expected 0x{b[bad[0]]:02x}; regions up to there: {where[-3:]}")
     assert len(result.runs) == len(expected)
+
+
+def testbench_memory_timing(clock_hz: float):
+    """The HBM timing of the harness' AXI memory models: every beat at once, after
+    rtl/axi_models.DEFAULT_READ_LATENCY cycles."""
+    from llmfab.rtl.axi_models import DEFAULT_READ_LATENCY
+    from llmfab.sim.hbm_timing import HbmTiming
+
+    return HbmTiming(pc_efficiency=1.0, burst_gap_cycles=0.0, read_latency_ns=DEFAULT_READ_LATENCY * 1e9 / clock_hz)
+
+
+def cycle_check(program: Program, runs: list[Run], result: EngineResult) -> dict:
+    """The RTL's cycles of every retired instruction beside the cycle model's (sim/op_timing.op_cost
+    under the as-built datapath, with the testbench's memory timing), per instruction and summed
+    per opcode over the runs, with their ratio RTL / model.
+
+    RTL cycles are start to end of each instruction (waits for dependency tokens excluded), as the
+    model's are."""
+    from llmfab.sim.cycle_model import RoutineTimer
+    from llmfab.sim.cycle_program import program_from_folder
+    from llmfab.sim.op_timing import Datapath
+
+    timed = program_from_folder(program.folder)
+    timer = RoutineTimer(timed.instructions, timed.hardware, hbm=testbench_memory_timing(timed.hardware.clock_hz),
+                         datapath=Datapath.RTL)
+    rows, totals = [], defaultdict(lambda: {"rtl": 0, "model": 0.0})
+    for i, run in enumerate(runs):
+        regs = timed.registers(run.n_tokens, run.position)
+        for t in result.runs[i].trace:
+            name = Opcode(t["opcode"]).name
+            if name == "END":
+                continue
+            model = timer.cost(t["addr"], regs).cycles
+            rows.append({"run": i, "addr": t["addr"], "opcode": name, "rtl": t["end"] - t["start"], "model": model})
+            totals[name]["rtl"] += t["end"] - t["start"]
+            totals[name]["model"] += model
+    for row in totals.values():
+        row["ratio"] = row["rtl"] / row["model"] if row["model"] else None
+    return {"by_class": dict(sorted(totals.items())), "by_instruction": rows}

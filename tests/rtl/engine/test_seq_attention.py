@@ -74,16 +74,23 @@ def dense_cases(geometry, seed: int) -> list[Case]:
         c("head_dim_below_lanes", tok, ch, 2, 1, 4, 2, 2, block=2, cap=8),
         c("decode_token_aligned", tok, tok, 1, 6, 2, 1, 8),
         c("prefill_kv8_token_act32_aligned", tok, raw, 2, 3, 2, 2, 8, kv8=True, cap=8),
+        c("channel_key_blocks_d16_aligned", ch, tok, 2, 9, 2, 1, 16, block=2, cap=12),
+        c("channel_long_blocks_aligned", ch, ch, 2, 15, 1, 1, 8, block=8, cap=24),
+        c("channel_value_slices_aligned", tok, ch, 1, 12, 2, 1, 16, block=6, cap=18),
     ]
 
 
 def timed(case: Case, geometry, lanes: int) -> bool:
-    """The cycle formula's condition: no per-channel stream, and every span one word read (a beat of
-    A ACT32 values fits a word, the operands and every head start on a word)."""
+    """The cycle formula's condition: every span one word read (a beat of A ACT32 values fits a
+    word, the operands and every head start on a word), any key and value modes."""
     i, w = case.inst, geometry.word_bytes
-    modes = (KvMode(i.mode & 3), KvMode(i.mode >> 2))
-    return (4 * lanes <= w and KvMode.KV4_CHANNEL not in modes and 4 * i.depth % w == 0
+    return (4 * lanes <= w and 4 * i.depth % w == 0
             and all(a % w == 0 for a in (i.src0_addr, i.dst_addr, i.src1_addr, i.stride)))
+
+
+def stream_modes(inst: Instruction) -> dict:
+    """The cycle formulas' keyword arguments of the instruction's streams: key and value KvMode, B."""
+    return dict(key_mode=KvMode(inst.mode & 3), value_mode=KvMode(inst.mode >> 2), block=inst.aux)
 
 
 @pytest.mark.parametrize("geometry", [TINY, WIDE32], ids=["tiny", "wide32"])
@@ -93,12 +100,13 @@ def test_attention_dense_equals_emulator(geometry, simulator, tmp_path, request)
     cases = dense_cases(geometry, 11 if geometry is TINY else 12)
     runs = check(AttentionSequencer(geometry, lanes, MAX_HEAD_DIM, MAX_KEYS), cases, simulator, tmp_path, "seq_attention")
     assert_cycles(cases, runs, geometry, lanes, timed, lambda case: AttentionSequencer.cycles(
-        geometry, lanes, case.rows, case.regs.position, case.inst.cols // case.inst.depth, case.inst.depth))
+        geometry, lanes, case.rows, case.regs.position, case.inst.cols // case.inst.depth, case.inst.depth,
+        **stream_modes(case.inst)))
 
 
 def assert_cycles(cases: list[Case], runs, geometry, lanes: int, timed_case, model) -> None:
     """The formula `model(case)` exact where `timed_case` holds (at least two cases when a beat fits
-    a word), a lower bound elsewhere (more reads per beat, per-channel statistics loaded per block)."""
+    a word), a lower bound elsewhere (more reads per beat or per statistics fill)."""
     exact = 0
     for case, run in zip(cases, runs):
         want = model(case)
@@ -169,6 +177,8 @@ def lambda_cases(geometry, seed: int) -> list[Case]:
         c("token_keys_chunk_wraps_gqa", tok, raw, 3, 6, 2, 1, 8, (1, 4, 3)),
         c("filling_act32_aligned", raw, raw, 3, 2, 2, 1, 8, (2, 4, 3)),
         c("ring_full_token_aligned", tok, tok, 2, 9, 2, 2, 8, (2, 4, 3)),
+        c("channel_keys_d16_aligned", ch, tok, 2, 9, 2, 1, 16, (1, 8, 2), block=2),
+        c("channel_long_window_blocks_aligned", ch, ch, 2, 14, 1, 1, 8, (1, 12, 3), block=8),
     ]
 
 
@@ -187,7 +197,7 @@ def test_attention_lambda_equals_emulator(geometry, simulator, tmp_path, request
     def model(case: Case) -> int:
         i, regs = case.inst, case.regs
         return AttentionSequencer.lambda_cycles(geometry, lanes, case.rows, regs.position, i.cols // i.depth, i.depth,
-                                                regs.sinks, regs.window, KvMode(i.mode & 3) is KvMode.KV4_TOKEN)
+                                                regs.sinks, regs.window, **stream_modes(i))
 
     assert_cycles(cases, runs, geometry, lanes, lambda_timed, model)
 
