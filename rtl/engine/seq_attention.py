@@ -326,17 +326,16 @@ class AttentionSequencer(Sequencer):
 
     @classmethod
     def lambda_cycles(cls, geometry, lanes: int, tokens: int, position: int, heads: int, head_dim: int, sinks: int,
-                      window: int, token_keys: bool = True, *, key_mode: KvMode | None = None,
-                      value_mode: KvMode = KvMode.KV4_TOKEN, block: int = 1) -> int:
+                      window: int, key_mode: KvMode = KvMode.KV4_TOKEN, value_mode: KvMode = KvMode.KV4_TOKEN,
+                      block: int = 1) -> int:
         """Cycles from start to done of ATTENTION with flag LAMBDA, every span one word read (module
         docstring): query t sees n_t = min(P+t+1, S+W) keys; as the dense case per (query, head)
         plus the RoPE pairs' second span per query and key beat (b + n_t·b) and, for per-token keys,
-        their statistics read before the table halves (n_t). `key_mode` (default: per token if
-        `token_keys`, else ACT32), `value_mode` and `block` as in `cycles`; a per-channel key of a
-        complete block loads the block's statistics, one span per RoPE half of each beat on the
-        read port the table halves keep busy (2b·ceil(4A / word) cycles a fill)."""
-        key_mode = KvMode(key_mode) if key_mode is not None else KvMode.KV4_TOKEN if token_keys else KvMode.ACT32
-        value_mode = KvMode(value_mode)
+        their statistics read before the table halves (n_t). `key_mode`, `value_mode` and `block` as
+        in `cycles`; a per-channel key of a complete block loads the block's statistics, one span
+        per RoPE half of each beat on the read port the table halves keep busy (2b·ceil(4A / word)
+        cycles a fill)."""
+        key_mode, value_mode = KvMode(key_mode), KvMode(value_mode)
         beats = -(-head_dim // lanes)
         reads = cls._stats_reads(geometry, lanes, head_dim, 8)
         half_reads = cls._stats_reads(geometry, lanes, head_dim, 4)
