@@ -4,11 +4,14 @@ Usage: OMP_NUM_THREADS=2 python benchmarks/quality.py [--model smollm2-135m]
            [--presets w8a8kv8,w4a8kv4,w2a8kv4,accllm] [--qat-steps N] [--max-tokens 4096]
            [--ctx 512,2048] [--artifacts results/artifacts] [--stream-tokens 16384]
            [--out results/quality.json] [--plot results/quality.png] [--reuse-stream EARLIER.json]
+           [--use PRESET=DIR ...]
 
 For the float model and each preset: perplexity on the bundled persuasion.txt (never used for
 calibration or QAT) at each --ctx over the first --max-tokens tokens, bits per weight (codes,
 scales, zero points, 2:4 index), model bytes and KV bytes per token. Artifacts are written to
---artifacts/PRESET and reused when their recipe matches, so an interrupted run resumes.
+--artifacts/PRESET and reused when their recipe matches, so an interrupted run resumes;
+`--use PRESET=DIR` takes DIR's artifact for PRESET as it is (a longer-trained one, say), its
+recipe read from its manifest and reported.
 Then, unless --stream-tokens is 0, perplexity by position over one stream of that many tokens
 for Λ attention (4 sinks + 1024 window) and dense attention, on the float model.
 
@@ -130,7 +133,15 @@ def main() -> None:
                         help="take the long-stream curves from an earlier output JSON instead of recomputing them")
     parser.add_argument("--out", default="results/quality.json")
     parser.add_argument("--plot", default="results/quality.png")
+    parser.add_argument("--use", action="append", default=[], metavar="PRESET=DIR",
+                        help="evaluate the artifact in DIR for PRESET instead of quantizing (repeatable)")
     args = parser.parse_args()
+    given = {}
+    for item in args.use:
+        preset, sep, folder = item.partition("=")
+        if not sep or not (pathlib.Path(folder) / MANIFEST).is_file():
+            parser.error(f"--use {item!r}: expected PRESET=DIR with an artifact (manifest.json) in DIR")
+        given[preset] = pathlib.Path(folder)
 
     contexts = [int(c) for c in args.ctx.split(",")]
     checkpoint = load_checkpoint(args.model)
@@ -143,11 +154,17 @@ def main() -> None:
              "kv_bytes_per_token": 2 * 2 * checkpoint.config.num_layers * checkpoint.config.kv_dim}]
     for preset in [p for p in args.presets.split(",") if p]:
         overrides = {"qat_steps": args.qat_steps} if args.qat_steps is not None and preset in ("w2a8kv4", "accllm") else {}
-        recipe = Recipe.from_preset(preset, **overrides)
-        artifact = artifact_for(preset, checkpoint, recipe, pathlib.Path(args.artifacts) / preset, args.model)
+        if preset in given:
+            log(f"{preset}: using {given[preset]}")
+            artifact = load_artifact(given[preset])
+            recipe = artifact.recipe
+        else:
+            recipe = Recipe.from_preset(preset, **overrides)
+            artifact = artifact_for(preset, checkpoint, recipe, pathlib.Path(args.artifacts) / preset, args.model)
         attention = apply_kv_and_attention(artifact.model, artifact.recipe)
         sizes = artifact.manifest["sizes"]
-        rows.append({"name": preset, "recipe": recipe.to_dict(), "attention": attention,
+        rows.append({"name": preset, "recipe": recipe.to_dict(), "artifact": str(given.get(preset, "")) or None,
+                     "attention": attention,
                      "ppl": perplexities(cached_logits(artifact.model), scored, contexts),
                      "bits_per_weight": sizes["bits_per_weight"], "model_bytes": sizes["model_bytes"],
                      "kv_bytes_per_token": sizes["kv_bytes_per_token"]})
