@@ -26,6 +26,7 @@ from pathlib import Path
 
 from llmfab.boards.hardware import HardwareConfig
 from llmfab.compiler.placement import KERNEL_NAME, connectivity_cfg
+from llmfab.errors import InputError
 
 from .emit import kernel_sources, write_text_atomic
 from .engine.engine import Engine
@@ -47,6 +48,10 @@ class RtlOutput:
     sequencers: tuple[str, ...] = ()  # COMPUTE opcodes the kernel has a sequencer for
 
 
+class RtlGenerationError(InputError):
+    """The engine asked for cannot be generated (named limit of the RTL or of Amaranth)."""
+
+
 def kernel_masters(config: HardwareConfig) -> dict[str, int]:
     """AXI4 master bundle -> data width for a config's HBM ports."""
     return {master_bundle(p): config.engine.axi_data_width_bits for p in range(config.engine.hbm_ports)}
@@ -58,7 +63,16 @@ def rtl(config: HardwareConfig, out_dir: str | Path, kernel: str = KERNEL_NAME, 
     emit (default: `Engine.for_config(config)` with every sequencer there is)."""
     folder = Path(out_dir)
     engine = engine or Engine.for_config(config)
-    sources = kernel_sources(engine, kernel)
+    try:
+        sources = kernel_sources(engine, kernel)
+    except (AssertionError, MemoryError, RecursionError) as err:  # Amaranth's limits, not a bug of the input
+        g = engine.geometry
+        raise RtlGenerationError(
+            f"the engine ({g.hbm_ports} ports x {g.axi_data_width} bits, {g.decode_lanes} decode lanes, "
+            f"{g.attention_lanes} attention lanes, {g.word_bytes}-byte buffer words) is too large for Amaranth to "
+            f"convert ({type(err).__name__}{': ' + str(err) if str(err) else ', e.g. a value wider than 65,536 bits'}); "
+            "the RTL converts engines up to u280-rtl-tiny's size today (docs/rtl.md, Known limits): choose a smaller "
+            "--engine") from None
     masters = kernel_masters(config)
     registers = engine.register_map
     texts = dict(sources.files)

@@ -130,3 +130,19 @@ def test_cli_writes_the_u280_small_kernel(tmp_path, capsys, monkeypatch):
     assert {"llmfab_engine.v", "llmfab_engine_core.v", "kernel.xml", "package_xo.tcl", "connectivity.cfg",
             "rtl_manifest.json"} <= names
     assert not [n for n in names if n.startswith(".")], "no temporary files left behind"
+
+
+def test_an_engine_amaranth_cannot_convert_is_a_clear_error_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    # u280-default's engine stops Amaranth's netlist builder (a value wider than 2^16 bits) after
+    # ~15 minutes; the conversion is replaced by that failure here.
+    import llmfab.rtl.generate as generate
+
+    def too_wide(*args, **kwargs):
+        assert 70000 in range(1 << 16)
+
+    monkeypatch.setattr(generate, "kernel_sources", too_wide)
+    out = tmp_path / "kernel"
+    assert main(["rtl", "--board", "u280", "--engine", "u280-default", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "4096 decode lanes" in err and "too large for Amaranth" in err and "--engine" in err
+    assert "Traceback" not in err and not out.exists()
