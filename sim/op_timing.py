@@ -39,7 +39,7 @@ TIMING_SOURCES = {
 
 
 class Datapath(enum.Enum):
-    """Which COMPUTE datapath the formulas time.
+    """Which engine the formulas time: the RTL as built, or the target design.
 
     - `RTL`: the engine as built, each opcode's Amaranth sequencer formula (sim/rtl_timing.py),
       which the RTL's cocotb tests assert cycle for cycle;

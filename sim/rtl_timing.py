@@ -1,6 +1,7 @@
-"""COMPUTE cycles of the engine as built: each opcode's RTL sequencer formula (rtl/engine/seq_*.py).
+"""Cycles of the engine as built: each instruction's own RTL formula.
 
-Every COMPUTE sequencer of the Amaranth engine states its cycles from start to done as a
+COMPUTE instructions take their sequencer's formula (rtl/engine/seq_*.py), MEMORY instructions
+the LOAD/STORE units' `memory_unit.transfer_cycles` (`memory_cycles`). Every COMPUTE sequencer of the Amaranth engine states its cycles from start to done as a
 classmethod `cycles` (docs/rtl_units.md, "COMPUTE sequencers"), and its cocotb test asserts that
 formula exactly on word-aligned operands. This module evaluates those same formulas for an
 instruction under the runtime registers, on the engine geometry the RTL builds from the
