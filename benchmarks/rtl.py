@@ -1,7 +1,8 @@
 """RTL resources (Yosys synth_xilinx -family xcup) and simulator speed, as JSON.
 
 Usage: python benchmarks/rtl.py [--engine u280-default] [--check-ports 8] [--full]
-                                [--skip-synth] [--out results/rtl.json]
+                                [--skip-synth] [--engine-parts PRESET [--lane-factors 1,2,4]]
+                                [--out results/rtl.json]
 
 Resources: the generated kernel (XRT top + shell) at the preset's AXI width and burst length is
 synthesized with one and with two HBM ports; their difference is the cost of a port (AXI4
@@ -14,6 +15,11 @@ Simulators: the kernel shell's cocotb test (two ports at the preset's AXI width,
 through s_axi_control, AXI memory models on the masters) runs on Icarus and Verilator; cycles
 per second = simulated cycles / wall time of the test, Python models included — the rate a
 cocotb test of the engine can expect. Build time is reported apart (a cached build shows 0).
+
+Engine (--engine-parts PRESET): the engine too large for one Yosys run is synthesized part by
+part (`engine_part_components`, parts that share nothing, times their counts), its buffers
+counted by capacity (`buffer_estimate`); with --lane-factors the lane-scaled sequencers are
+synthesized at multiples of the preset's lanes and fitted per factor (`lane_scaling`).
 """
 
 from __future__ import annotations
@@ -81,6 +87,135 @@ def resources(preset: str, check_ports: int, full: bool, timeout: float) -> dict
     return report
 
 
+def engine_part_components(preset: str) -> tuple[dict, dict]:
+    """The engine of `preset` cut into parts Yosys can take one at a time, and how many of each
+    the engine has: the control slave, the issue unit, the LOAD and STORE units, the COMPUTE
+    dispatch (without sequencers), the DMA of port 0 (with the instruction fetch) and of one
+    other port, and each COMPUTE sequencer with its datapath units. Nothing is shared between
+    parts, so their counts times their resources sum to the engine without its buffers
+    (`buffer_estimate`)."""
+    from llmfab.boards.hardware import HardwareConfig
+    from llmfab.rtl.control import ControlSlave
+    from llmfab.rtl.engine.compute_unit import ComputeUnit
+    from llmfab.rtl.engine.dma import PortDma
+    from llmfab.rtl.engine.engine import default_sequencers, engine_register_map
+    from llmfab.rtl.engine.geometry import EngineGeometry
+    from llmfab.rtl.engine.issue import IssueUnit
+    from llmfab.rtl.engine.memory_unit import MemoryUnit
+
+    g = EngineGeometry.from_config(HardwareConfig.from_preset(preset))
+    parts = {"control": ControlSlave(engine_register_map(g.hbm_ports)), "issue": IssueUnit(g.axi_data_width // 8),
+             "load_unit": MemoryUnit("load", g), "store_unit": MemoryUnit("store", g),
+             "compute_dispatch": ComputeUnit(g, {}),
+             "port_dma_fetch": PortDma(g.buffers, g.axi_data_width, g.axi_burst_len, fetch=True)}
+    counts = dict.fromkeys(parts, 1)
+    if g.hbm_ports > 1:
+        parts["port_dma"] = PortDma(g.buffers, g.axi_data_width, g.axi_burst_len, fetch=False)
+        counts["port_dma"] = g.hbm_ports - 1
+    for opcode, sequencer in default_sequencers(g).items():
+        name = ("elementwise_" if opcode.name in ("ADD", "SILU_MUL") else "") + opcode.name.lower()
+        parts[name], counts[name] = sequencer, 1
+    return parts, counts
+
+
+def buffer_estimate(preset: str) -> dict:
+    """Block RAM the four buffers need if mapped as the design intends, one copy per read port
+    (not synthesized: EngineBuffers gives every buffer 1 + P write ports, which no FPGA block RAM
+    has, and Yosys turns such memories into flip-flops)."""
+    from llmfab.boards.hardware import HardwareConfig
+    from llmfab.rtl.engine.geometry import EngineGeometry
+
+    g = EngineGeometry.from_config(HardwareConfig.from_preset(preset))
+    reads, writes = 2 + g.hbm_ports + 1, 1 + g.hbm_ports
+    bits = {buf.name: words * g.word_bytes * 8 for buf, words in g.buffers.words.items()}
+    bram36 = sum(reads * -(-b // (36 * 1024)) for b in bits.values())
+    return {"read_ports": reads, "write_ports": writes, "bits": bits, "bram36_if_replicated_per_read_port": bram36,
+            "flip_flops_as_written": sum(bits.values()),
+            "note": "estimate, not synthesized: the buffers need banking (or fewer write ports) to map to BRAM/URAM"}
+
+
+def engine_resources(preset: str, timeout: float) -> dict:
+    """Yosys resources of every engine part (`engine_part_components`), their sum times their
+    counts, and the buffers' estimate."""
+    from llmfab.boards.hardware import HardwareConfig
+    from llmfab.rtl.emit import component_verilog
+    from llmfab.rtl.synth import SynthesisFailed, synthesize
+
+    board = HardwareConfig.from_preset(preset).board
+    components, counts = engine_part_components(preset)
+    parts, total, failed = {}, None, []
+    for name, component in components.items():
+        verilog = component_verilog(component, f"llmfab_{name}")
+        try:
+            result = synthesize(verilog, f"llmfab_{name}", timeout_s=timeout)
+        except SynthesisFailed as err:
+            parts[name] = {"count": counts[name], "error": str(err).splitlines()[0]}
+            failed.append(name)
+            continue
+        parts[name] = {"count": counts[name], **result.to_dict()}
+        got = {k: counts[name] * v for k, v in result.resources.as_dict().items()}
+        total = got if total is None else {k: total[k] + got[k] for k in got}
+        print(f"{name} x{counts[name]}: {result.resources.as_dict()} in {result.seconds:.0f} s", file=sys.stderr,
+              flush=True)
+    report = {"preset": preset, "parts": parts, "failed": failed, "sum_without_buffers": total,
+              "buffers": buffer_estimate(preset)}
+    if total is not None and not failed:
+        capacity, kernel_capacity = board.fabric.resources.as_dict(), board.kernel_resources.as_dict()
+        report["utilization_of_board"] = {k: total[k] / capacity[k] for k in total}
+        report["utilization_of_kernel_capacity"] = {k: total[k] / kernel_capacity[k] for k in total}
+    return report
+
+
+SCALED_PARTS = ("gemm", "attention", "rmsnorm")  # the decode/prefill lanes, the attention lanes, an SFU row unit
+
+
+def lane_scaling(preset: str, factors, timeout: float) -> dict:
+    """Resources of the lane-scaled sequencers (SCALED_PARTS) with `preset`'s decode lanes, prefill
+    array side, attention lanes and SFU lanes multiplied by each factor, and each resource's
+    least-squares growth per unit of the factor (`per_factor`): how the engine grows toward a
+    U280-sized datapath that Yosys cannot take whole."""
+    from llmfab.boards.hardware import HardwareConfig
+    from llmfab.rtl.emit import component_verilog
+    from llmfab.rtl.engine.engine import default_sequencers
+    from llmfab.rtl.engine.geometry import EngineGeometry
+    from llmfab.rtl.synth import SynthesisFailed, synthesize
+
+    base = HardwareConfig.from_preset(preset)
+    e = base.engine
+    rows = []
+    for f in factors:
+        engine = e.replace(decode_lanes=e.decode_lanes * f, prefill_rows=e.prefill_rows * f,
+                           prefill_cols=e.prefill_cols * f, attention_lanes=e.attention_lanes * f,
+                           sfu_lanes=e.sfu_lanes * f)
+        g = EngineGeometry.from_config(HardwareConfig(board=base.board, engine=engine))
+        seqs = {op.name.lower(): seq for op, seq in default_sequencers(g).items()}
+        row = {"factor": f, "decode_lanes": g.decode_lanes, "prefill": [g.prefill_rows, g.prefill_cols],
+               "attention_lanes": g.attention_lanes, "sfu_lanes": g.sfu_lanes, "word_bytes": g.word_bytes}
+        for name in SCALED_PARTS:
+            try:
+                result = synthesize(component_verilog(seqs[name], f"llmfab_{name}"), f"llmfab_{name}", timeout_s=timeout)
+                row[name] = {**result.resources.as_dict(), "seconds": round(result.seconds, 1)}
+            except SynthesisFailed as err:
+                row[name] = {"error": str(err).splitlines()[0]}
+            print(f"x{f} {name}: {row[name]}", file=sys.stderr, flush=True)
+        rows.append(row)
+    return {"preset": preset, "rows": rows, "per_factor": lane_fit(rows)}
+
+
+def lane_fit(rows: list[dict]) -> dict:
+    """Least-squares slope of each resource of each scaled part over the lane factor."""
+    import numpy as np
+
+    per_factor = {}
+    for name in SCALED_PARTS:
+        done = [r for r in rows if "error" not in r[name]]
+        if len(done) >= 2:
+            xs = [r["factor"] for r in done]
+            per_factor[name] = {k: float(np.polyfit(xs, [r[name][k] for r in done], 1)[0])
+                                for k in ("luts", "ffs", "dsps", "bram36", "uram")}
+    return per_factor
+
+
 def simulator_speed(preset: str) -> dict:
     from llmfab.boards.hardware import HardwareConfig
     from llmfab.compiler.placement import KERNEL_NAME
@@ -120,6 +255,12 @@ def main() -> None:
                         "1 GB and 15 minutes with Yosys 0.23)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per Yosys run")
     parser.add_argument("--skip-synth", action="store_true", help="only measure the simulators")
+    parser.add_argument("--engine-parts", metavar="PRESET",
+                        help="also synthesize the whole engine of PRESET part by part (control, issue, memory "
+                        "units, port DMAs, each sequencer; u280-rtl-tiny takes about 20 minutes)")
+    parser.add_argument("--lane-factors", default="",
+                        help="with --engine-parts: also synthesize the lane-scaled sequencers at these multiples of "
+                        "the preset's lanes (e.g. 1,2,4)")
     parser.add_argument("--out", default="results/rtl.json", help="JSON file to write")
     args = parser.parse_args()
     from llmfab.rtl.synth import missing_yosys
@@ -131,6 +272,11 @@ def main() -> None:
         reason = missing_yosys()
         report["resources"] = {"skipped": reason} if reason else resources(args.engine, args.check_ports, args.full,
                                                                                      args.timeout)
+        if args.engine_parts and not reason:
+            report["engine_resources"] = engine_resources(args.engine_parts, args.timeout)
+            if args.lane_factors:
+                factors = [int(f) for f in args.lane_factors.split(",")]
+                report["lane_scaling"] = lane_scaling(args.engine_parts, factors, args.timeout)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}")
