@@ -80,11 +80,16 @@ def resources(preset: str, check_ports: int, full: bool, timeout: float) -> dict
             measured = got
     figures = measured or report["extrapolated"]
     report["preset_figures"] = "synthesized" if measured else "extrapolated"
-    capacity, kernel_capacity = board.fabric.resources.as_dict(), board.kernel_resources.as_dict()
-    report["board_capacity"], report["kernel_capacity"] = capacity, kernel_capacity
-    report["utilization_of_board"] = {k: figures[k] / capacity[k] for k in figures}
-    report["utilization_of_kernel_capacity"] = {k: figures[k] / kernel_capacity[k] for k in figures}
+    report["board_capacity"], report["kernel_capacity"] = board.fabric.resources.as_dict(), board.kernel_resources.as_dict()
+    report.update(utilization(board, figures))
     return report
+
+
+def utilization(board, figures: dict) -> dict:
+    """`figures` (resource -> count) as shares of the board's fabric and of its kernel-available part."""
+    capacity, kernel_capacity = board.fabric.resources.as_dict(), board.kernel_resources.as_dict()
+    return {"utilization_of_board": {k: figures[k] / capacity[k] for k in figures},
+            "utilization_of_kernel_capacity": {k: figures[k] / kernel_capacity[k] for k in figures}}
 
 
 def engine_part_components(preset: str) -> tuple[dict, dict]:
@@ -160,9 +165,7 @@ def engine_resources(preset: str, timeout: float) -> dict:
     report = {"preset": preset, "parts": parts, "failed": failed, "sum_without_buffers": total,
               "buffers": buffer_estimate(preset)}
     if total is not None and not failed:
-        capacity, kernel_capacity = board.fabric.resources.as_dict(), board.kernel_resources.as_dict()
-        report["utilization_of_board"] = {k: total[k] / capacity[k] for k in total}
-        report["utilization_of_kernel_capacity"] = {k: total[k] / kernel_capacity[k] for k in total}
+        report.update(utilization(board, total))
     return report
 
 

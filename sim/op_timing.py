@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from llmfab.boards.hardware import HardwareConfig, Mode
 from llmfab.compiler.isa import Buffer, Flag, GemmMode, Instruction, Opcode, Registers, row_range, transfer_runs
 
-from . import hbm_timing
+from . import hbm_timing, rtl_timing
 from .hbm_timing import DEFAULT_HBM_TIMING, HbmTiming
 
 # Pipeline fill/drain of one COMPUTE instruction (operand fetch, adder tree, write-back).
@@ -293,15 +293,11 @@ def op_cost(inst: Instruction, regs: Registers, config: HardwareConfig,
     if opcode in MEMORY_TIMING:
         cost = OPCODE_TIMING[opcode](inst, regs, config, hbm)
         if datapath is Datapath.RTL:  # the slower of the memory and the RTL's DMA; one instruction at a time
-            from . import rtl_timing
-
-            rtl = rtl_timing.memory_cycles(inst, regs, config, math.ceil(hbm_timing.latency_cycles(config, hbm) - 1e-6))
+            rtl = rtl_timing.memory_cycles(inst, regs, config, hbm_timing.latency_cycles(config, hbm))
             return dataclasses.replace(cost, cycles=float(max(cost.cycles, rtl)), latency=0.0)
         return cost
     cost = OPCODE_TIMING[opcode](inst, regs, config)
     if datapath is Datapath.RTL and opcode is not Opcode.END:
-        from . import rtl_timing
-
         return dataclasses.replace(cost, cycles=float(rtl_timing.compute_cycles(inst, regs, config)))
     return cost
 

@@ -29,8 +29,8 @@ from llmfab.compiler.isa import Flag, GemmMode, Instruction, KvMode, Opcode, Reg
 
 @functools.lru_cache(maxsize=16)
 def _engine(config: HardwareConfig):
-    """(geometry, sequencer classes by opcode) of the RTL engine built from `config`
-    (rtl/engine/engine.default_sequencers builds those classes from this geometry)."""
+    """(geometry, sequencer class by opcode, from each class's OPCODES) of the RTL engine built from
+    `config` (rtl/engine/engine.default_sequencers builds these classes from this geometry)."""
     from llmfab.rtl.engine.geometry import EngineGeometry
     from llmfab.rtl.engine.seq_attention import AttentionSequencer
     from llmfab.rtl.engine.seq_elementwise import ElementwiseSequencer
@@ -41,104 +41,67 @@ def _engine(config: HardwareConfig):
     from llmfab.rtl.engine.seq_rmsnorm import RmsNormSequencer
     from llmfab.rtl.engine.seq_rope import RopeSequencer
 
-    classes = {Opcode.ADD: ElementwiseSequencer, Opcode.SILU_MUL: ElementwiseSequencer, Opcode.EMBED: EmbedSequencer,
-               Opcode.REQUANT: RequantSequencer, Opcode.RMSNORM: RmsNormSequencer, Opcode.ROPE: RopeSequencer,
-               Opcode.GEMM: GemmSequencer, Opcode.KV_QUANT: KvQuantSequencer, Opcode.ATTENTION: AttentionSequencer}
-    return EngineGeometry.from_config(config), classes
+    classes = (ElementwiseSequencer, EmbedSequencer, RequantSequencer, RmsNormSequencer, RopeSequencer,
+               GemmSequencer, KvQuantSequencer, AttentionSequencer)
+    return EngineGeometry.from_config(config), {op: cls for cls in classes for op in cls.OPCODES}
 
 
-def _gemm(inst: Instruction, regs: Registers, config: HardwareConfig) -> int:
-    geometry, seqs = _engine(config)
-    gemm = seqs[Opcode.GEMM]
-    _, tokens = row_range(inst, regs)
-    if tokens == 0 or inst.cols == 0:
-        return 1
+def _gemm(seq, geometry, inst: Instruction, regs: Registers, rows: int) -> int:
     mode = GemmMode(inst.mode)
-    token_rows, lanes, products = gemm.shape_of(mode, geometry.decode_lanes, geometry.prefill_rows,
-                                                geometry.prefill_cols)
-    word_bits = 8 * geometry.word_bytes
-    fed = word_bits // max(inst.sub, 1)  # kept codes one word of the tile carries
+    token_rows, lanes, products = seq.shape_of(mode, geometry.decode_lanes, geometry.prefill_rows,
+                                               geometry.prefill_cols)
+    fed = 8 * geometry.word_bytes // max(inst.sub, 1)  # kept codes one word of the tile carries
     if lanes > fed:
         lanes = 1 << (fed.bit_length() - 1)
         products = min(products, lanes)
-    return gemm.cycles(geometry.word_bytes, lanes, products, token_rows, tokens, inst.cols, inst.depth,
-                       sparse=mode.sparse, a16=bool(inst.flags & Flag.A16))
+    return seq.cycles(geometry.word_bytes, lanes, products, token_rows, rows, inst.cols, inst.depth,
+                      sparse=mode.sparse, a16=bool(inst.flags & Flag.A16))
 
 
-def _attention(inst: Instruction, regs: Registers, config: HardwareConfig) -> int:
-    geometry, seqs = _engine(config)
-    seq = seqs[Opcode.ATTENTION]
-    tokens, heads, depth = regs.n_tokens, inst.cols // max(inst.depth, 1), max(inst.depth, 1)
-    if tokens == 0 or heads == 0:
-        return 1
+def _attention(seq, geometry, inst: Instruction, regs: Registers, rows: int) -> int:
+    heads, depth = inst.cols // max(inst.depth, 1), max(inst.depth, 1)
     lanes, keys, values, block = geometry.attention_lanes, KvMode(inst.mode & 3), KvMode(inst.mode >> 2 & 3), inst.aux
     shape = (regs.sinks, regs.window) if inst.flags & Flag.LAMBDA else None
-    wide = seq.wide_beat_cycles(geometry, lanes, tokens, regs.position, heads, depth, keys, values, block, shape)
+    wide = seq.wide_beat_cycles(geometry, lanes, rows, regs.position, heads, depth, keys, values, block, shape)
     if shape is not None:
-        return wide + seq.lambda_cycles(geometry, lanes, tokens, regs.position, heads, depth, regs.sinks, regs.window,
+        return wide + seq.lambda_cycles(geometry, lanes, rows, regs.position, heads, depth, regs.sinks, regs.window,
                                         key_mode=keys, value_mode=values, block=block)
-    return wide + seq.cycles(geometry, lanes, tokens, regs.position, heads, depth, keys, values, block)
+    return wide + seq.cycles(geometry, lanes, rows, regs.position, heads, depth, keys, values, block)
 
 
-def _kv_quant(inst: Instruction, regs: Registers, config: HardwareConfig) -> int:
-    geometry, seqs = _engine(config)
-    _, tokens = row_range(inst, regs)
+def _kv_quant(seq, geometry, inst: Instruction, regs: Registers, rows: int) -> int:
     depth = max(inst.depth, 1)
-    if tokens == 0:
-        return 1
     shape = (regs.sinks, regs.window, regs.chunk) if inst.flags & Flag.LAMBDA else None
-    return seqs[Opcode.KV_QUANT].cycles(geometry, KvMode(inst.mode), tokens, regs.position, inst.cols // depth, depth,
-                                        max(inst.aux, 1), shape)
+    return seq.cycles(geometry, KvMode(inst.mode), rows, regs.position, inst.cols // depth, depth, max(inst.aux, 1),
+                      shape)
 
 
-def _rows_cols(inst: Instruction, regs: Registers) -> tuple[int, int]:
-    return row_range(inst, regs)[1], inst.cols
+def _elementwise(seq, geometry, inst: Instruction, regs: Registers, rows: int) -> int:
+    return seq.cycles(inst.opcode, rows * inst.cols, geometry.sfu_lanes)
 
 
-def _elementwise(inst: Instruction, regs: Registers, config: HardwareConfig) -> int:
-    geometry, seqs = _engine(config)
-    rows, cols = _rows_cols(inst, regs)
-    opcode = Opcode(inst.opcode)
-    return seqs[opcode].cycles(opcode, rows * cols, geometry.sfu_lanes) if rows * cols else 1
-
-
-def _per_row(name: str):
-    def cycles(inst: Instruction, regs: Registers, config: HardwareConfig) -> int:
-        geometry, seqs = _engine(config)
-        rows, cols = _rows_cols(inst, regs)
-        if rows == 0 or cols == 0:
-            return 1
-        seq = seqs[Opcode[name]]
-        if name == "ROPE":
-            return seq.cycles(rows, cols, max(inst.depth, 1), geometry.sfu_lanes)
-        if name == "RMSNORM":
-            return seq.cycles(rows, cols, geometry.sfu_lanes, inst.src1_addr)
-        return seq.cycles(rows, cols, geometry.sfu_lanes)
-    cycles.__name__ = f"_{name.lower()}"
-    return cycles
-
-
+# opcode -> formula(sequencer class, geometry, instruction, registers, rows > 0), for cols > 0
 RTL_CYCLES = {
     Opcode.GEMM: _gemm,
     Opcode.ATTENTION: _attention,
     Opcode.KV_QUANT: _kv_quant,
     Opcode.ADD: _elementwise,
     Opcode.SILU_MUL: _elementwise,
-    Opcode.REQUANT: _per_row("REQUANT"),
-    Opcode.RMSNORM: _per_row("RMSNORM"),
-    Opcode.ROPE: _per_row("ROPE"),
-    Opcode.EMBED: _per_row("EMBED"),
+    Opcode.REQUANT: lambda seq, g, inst, regs, rows: seq.cycles(rows, inst.cols, g.sfu_lanes),
+    Opcode.EMBED: lambda seq, g, inst, regs, rows: seq.cycles(rows, inst.cols, g.sfu_lanes),
+    Opcode.RMSNORM: lambda seq, g, inst, regs, rows: seq.cycles(rows, inst.cols, g.sfu_lanes, inst.src1_addr),
+    Opcode.ROPE: lambda seq, g, inst, regs, rows: seq.cycles(rows, inst.cols, max(inst.depth, 1), g.sfu_lanes),
 }
+EMPTY_COMPUTE_CYCLES = 1  # no rows or no columns: a sequencer is done in its check cycle
 
 
-def memory_cycles(inst: Instruction, regs: Registers, config: HardwareConfig, read_latency: int) -> int:
+def memory_cycles(inst: Instruction, regs: Registers, config: HardwareConfig, read_latency: float) -> float:
     """Cycles a LOAD, LOAD_ROWS or STORE occupies its RTL unit (rtl/engine/memory_unit.transfer_cycles)
     with reads answered `read_latency` cycles after their request. LOAD_ROWS' ids are data: each is
     taken to be at least `sub` (a table row past the first stripe, so its division is the long one)."""
     from llmfab.rtl.engine import memory_unit as mu
 
     geometry, _ = _engine(config)
-    opcode = Opcode(inst.opcode)
     striped = bool(inst.flags & Flag.STRIPED) and inst.sub > 1
     sub = inst.sub if striped else 1
     runs = transfer_runs(inst, regs)
@@ -153,12 +116,13 @@ def memory_cycles(inst: Instruction, regs: Registers, config: HardwareConfig, re
     keys = ((ports - inst.pc) * beat + hbm % beat) * geometry.word_bytes + buf % geometry.word_bytes
     _, first, counts = np.unique(keys, return_index=True, return_counts=True)
     entries = [(int(i), int(ports[i]), int(hbm[i]), int(buf[i]), inst.row_bytes, int(n)) for i, n in zip(first, counts)]
-    setup = mu.divide_cycles(start, sub) if striped else 0
-    if inst.flags & Flag.RING:
-        setup += mu.RING_CYCLES + mu.divide_cycles(start, max(inst.rows, 1))
-    kind = {Opcode.LOAD: "load", Opcode.LOAD_ROWS: "gather", Opcode.STORE: "store"}[opcode]
-    if kind == "gather":
+    kind = {Opcode.LOAD: "load", Opcode.LOAD_ROWS: "gather", Opcode.STORE: "store"}[Opcode(inst.opcode)]
+    if kind == "gather":  # ids read and divided one after another
         setup = rows.size * (mu.GATHER_ID_CYCLES + (mu.DIVIDE_CYCLES if striped else 0))
+    else:
+        setup = mu.divide_cycles(start, sub) if striped else 0
+        if inst.flags & Flag.RING:
+            setup += mu.RING_CYCLES + mu.divide_cycles(start, max(inst.rows, 1))
     return mu.transfer_cycles(kind, entries, beat_bytes=beat, word_bytes=geometry.word_bytes,
                               read_latency=read_latency, setup=setup)
 
@@ -170,4 +134,11 @@ def compute_cycles(inst: Instruction, regs: Registers, config: HardwareConfig) -
     from llmfab.rtl.engine.compute_unit import DISPATCH_CYCLES
     from llmfab.rtl.engine.issue import START_CYCLES
 
-    return RTL_CYCLES[Opcode(inst.opcode)](inst, regs, config) + START_CYCLES + DISPATCH_CYCLES
+    geometry, classes = _engine(config)
+    opcode = Opcode(inst.opcode)
+    rows = row_range(inst, regs)[1]
+    if rows == 0 or inst.cols == 0:
+        cycles = EMPTY_COMPUTE_CYCLES
+    else:
+        cycles = RTL_CYCLES[opcode](classes[opcode], geometry, inst, regs, rows)
+    return cycles + START_CYCLES + DISPATCH_CYCLES

@@ -69,7 +69,7 @@ def divide_cycles(dividend: int, divisor: int) -> int:
     return 1 if dividend < divisor else DIVIDE_CYCLES
 
 
-def transfer_cycles(kind: str, rows, *, beat_bytes: int, word_bytes: int, read_latency: int, setup: int = 0) -> int:
+def transfer_cycles(kind: str, rows, *, beat_bytes: int, word_bytes: int, read_latency: float, setup: int = 0) -> float:
     """Cycles from start to done of a MEMORY instruction (module docstring) moving `rows` =
     [(index, port, hbm_addr, buf_addr, nbytes, count)]: `count` rows on `port` alike for the DMA
     (same size, same alignments), the first of them the instruction's `index`-th request, with the memory answering a read
@@ -92,7 +92,8 @@ def transfer_cycles(kind: str, rows, *, beat_bytes: int, word_bytes: int, read_l
         return beats + (6 if kind == "store" else 4) + (not aligned)
 
     if kind == "gather":
-        return GATHER_FIXED_CYCLES + read_latency + setup + row_cycles(*max(rows)[2:5])
+        _, _, hbm_addr, buf_addr, nbytes, _ = max(rows)  # the last request's row
+        return GATHER_FIXED_CYCLES + read_latency + setup + row_cycles(hbm_addr, buf_addr, nbytes)
     first: dict[int, int] = {}
     busy: dict[int, int] = {}
     for index, port, hbm_addr, buf_addr, nbytes, count in rows:

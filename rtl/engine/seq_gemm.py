@@ -70,7 +70,7 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 
-from llmfab.compiler.isa import Buffer, Opcode
+from llmfab.compiler.isa import Buffer, GemmMode, Opcode
 from llmfab.compiler.weight_tiles import ALIGN as SECTION_ALIGN
 
 from .bytestream import ADDR_BITS, WordReader
@@ -115,8 +115,6 @@ class GemmSequencer(Sequencer):
             raise ValueError("the accumulator's int64 entries need words of at least 8 bytes")
         self.decode_lanes, self.prefill_rows, self.prefill_cols = decode_lanes, prefill_rows, prefill_cols
         self.max_depth, self.unit_products = max_depth, unit_products
-        self.gemv_products = min(decode_lanes, unit_products)
-        self.gemm_products = min(prefill_cols, unit_products)
         super().__init__(geometry)
 
     def core_shape(self, mode: int) -> tuple[int, int, int]:
@@ -128,7 +126,7 @@ class GemmSequencer(Sequencer):
                  unit_products: int = UNIT_PRODUCTS) -> tuple[int, int, int]:
         """`core_shape` of a GemmSequencer built with these parameters (without building one)."""
         if mode & 1:
-            return max(1, prefill_rows), prefill_cols, min(prefill_cols, unit_products)
+            return prefill_rows, prefill_cols, min(prefill_cols, unit_products)
         return 1, decode_lanes, min(decode_lanes, unit_products)
 
     @classmethod
@@ -158,11 +156,10 @@ class GemmSequencer(Sequencer):
         n_cols, depth, group = inst.cols, inst.depth, inst.aux
         k0, row_stride = inst.imm[:16], inst.imm[16:32]
         tokens = self.rows
-        token_rows = max(1, self.prefill_rows)
+        token_rows = self.prefill_rows
 
         # -- the two cores and their shared windows on the tile's sections
-        shapes = {"gemv": (1, self.decode_lanes, self.gemv_products),
-                  "gemm": (self.prefill_rows, self.prefill_cols, self.gemm_products)}
+        shapes = {"gemv": self.core_shape(GemmMode.GEMV), "gemm": self.core_shape(GemmMode.GEMM)}
         sizes = [GemmCore.window_sizes(lanes, products) for _, lanes, products in shapes.values()]
         window_bits = {name: max(s[name] for s in sizes) for name in GemmCore.WINDOWS}
         cores = {name: GemmCore(w, rows, lanes, products, self.max_depth, window_bits)
