@@ -270,11 +270,18 @@ QAT_STEPS_2BIT = 20
 # 22-25 min more on 2 cores.
 QAT_BLOCK_EPOCHS_W2 = 2
 
+# w4a8kv4's block reconstruction: one epoch, latent-weight lr 1e-4 (scales 1e-3), no end-to-end
+# steps took SmolLM2-135M's ratio from 1.132 to 1.092 (docs/compression_measurements.md, "Block
+# reconstruction at 4 bits"; ~7 min more on 2 cores). The 2-bit schedule (lr 1e-3) wrecks it (3.10).
+QAT_BLOCK_EPOCHS_W4 = 1
+QAT_BLOCK_LR_W4 = 1e-4
+
 PRESETS: dict[str, Recipe] = {
     "w8a8kv8": Recipe("w8a8kv8", weight_bits=8, group_size=64, act_bits=8, kv_bits=8,
                       smooth_alpha=MEASURED_SMOOTH_ALPHA, head_act_bits=FLOAT_BITS),  # A16 head: see above
     "w4a8kv4": Recipe("w4a8kv4", weight_bits=4, group_size=64, act_bits=8, kv_bits=4,
-                      smooth_alpha=MEASURED_SMOOTH_ALPHA),
+                      smooth_alpha=MEASURED_SMOOTH_ALPHA, qat_block_epochs=QAT_BLOCK_EPOCHS_W4,
+                      qat_block_lr=QAT_BLOCK_LR_W4),
     "w2a8kv4": Recipe("w2a8kv4", weight_bits=2, group_size=64, act_bits=8, kv_bits=4,
                       qat_steps=QAT_STEPS_2BIT, qat_block_epochs=QAT_BLOCK_EPOCHS_W2),
     "accllm": Recipe("accllm", weight_bits=2, group_size=64, act_bits=8, kv_bits=4,

@@ -1,7 +1,8 @@
 """Run the main job end to end on one model and print its results.
 
 1. ingest the checkpoint (through the float cache) and answer a chat prompt with the float model;
-2. quantize it with a fast recipe (default w4a8kv4 with 4 calibration windows of 256 tokens);
+2. quantize it with a fast recipe (default w4a8kv4 with 4 calibration windows of 256 tokens and
+   none of the preset's training unless --train: its block reconstruction adds ~7 minutes);
 3. compile the artifact for the U280 (`llmfab compile --board u280`);
 4. run the program on the emulator: the same chat prompt, streamed;
 5. perplexity of the float, fake-quant and emulated models on the first --ppl-tokens tokens of the
@@ -32,6 +33,9 @@ def add_arguments(parser) -> None:
                         help="calibration windows for the quantizer (default 4; presets use 32)")
     parser.add_argument("--calib-seq-len", type=int, default=256,
                         help="tokens per calibration window (default 256)")
+    parser.add_argument("--train", action="store_true",
+                        help="keep the preset's block reconstruction and QAT steps (default: skip them, so the "
+                        "demo takes minutes; the presets' measured quality needs them)")
     parser.add_argument("--board", default="u280", help="board to compile for (default u280)")
     parser.add_argument("--workdir", metavar="DIR", default=None,
                         help="keep the artifact and program in DIR and reuse them when present "
@@ -88,7 +92,7 @@ def run_in(workdir: Path, args) -> int:
     from llmfab.host.runtime import ProgramDecoder
     from llmfab.quant.generate import TorchDecoder
 
-    name = f"{args.preset}-calib{args.calib_samples}x{args.calib_seq_len}"
+    name = f"{args.preset}-calib{args.calib_samples}x{args.calib_seq_len}" + ("-trained" if args.train else "")
     artifact, program = workdir / f"{name}.artifact", workdir / f"{name}.{args.board}.program"
     gen_args = argparse.Namespace(prompt=args.prompt, chat=True, system=None,
                                   max_new_tokens=args.max_new_tokens, temperature=0.0,
@@ -104,13 +108,16 @@ def run_in(workdir: Path, args) -> int:
     done(start)
 
     start = stage(f"2. quantize: {args.preset}, {args.calib_samples} calibration windows of "
-                  f"{args.calib_seq_len} tokens -> {artifact}")
+                  f"{args.calib_seq_len} tokens, {'with' if args.train else 'without'} the preset's training "
+                  f"-> {artifact}")
     if reusable(artifact, args.model):
         print("   reusing the artifact in --workdir")
     else:
         run_subcommand(["quantize", args.model, "--preset", args.preset, "-o", str(artifact),
                         "--calib-samples", str(args.calib_samples),
-                        "--calib-seq-len", str(args.calib_seq_len)] + (["--no-cache"] if args.no_cache else []))
+                        "--calib-seq-len", str(args.calib_seq_len)]
+                       + ([] if args.train else ["--qat-block-epochs", "0", "--qat-steps", "0"])
+                       + (["--no-cache"] if args.no_cache else []))
     done(start)
 
     start = stage(f"3. compile for {args.board} -> {program}")
