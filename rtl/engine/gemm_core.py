@@ -5,7 +5,9 @@ row n of a tile (docs/numerics.md §4, §5.2), one output row at a time. Its par
 
 - an **activation memory** holding the group's codes `[tokens, K]` as 16-bit values (int8 codes
   sign-extended, or int16 codes of A16 rows); a word holds `2·lanes` columns of every token, so
-  one read gives a beat of every token row (loaded from packed chunks through `act`);
+  one read gives a beat of every token row (loaded from packed chunks through `act`). It is
+  banked, `word_bytes / 2` columns a bank, all banks on one address, so no single value grows
+  with the lanes (one word of 4,096 GEMV lanes would be 131,072 bits);
 - the **beat former**: it takes a row's codes, 2:4 patterns, zero points and scale multipliers
   from four `BitWindow`s on the tile's sections (which stream contiguously, row after row) and
   forms one beat per cycle: `lanes` kept codes, i.e. `lanes` columns of a dense tile or
@@ -38,7 +40,6 @@ from llmfab.rtl.units.arith import bit_length
 from llmfab.rtl.units.mac_lanes import ENGINE_ROW_SUM_BITS, EngineMacLanesUnit
 
 from .bytestream import packed_layout
-from .gemm_streams import barrel_shift
 
 CODE_BITS = 16  # an activation column in the activation memory
 PATTERN_BITS = 3
@@ -93,6 +94,7 @@ class GemmCore(wiring.Component):
         self.act_bytes, self.tokens, self.lanes, self.products = word_bytes, tokens, lanes, products
         self.units = lanes // products
         self.columns = max(2 * lanes, word_bytes)  # activation columns per memory word
+        self.bank_columns = word_bytes // 2  # columns per bank: one chunk of int16 codes
         self.words = -(-max_depth // self.columns)
         self.max_depth = max_depth
         own = self.window_sizes(lanes, products)
@@ -161,13 +163,8 @@ class GemmCore(wiring.Component):
             cfg.group >= (Const(1, 17) << dc_log), (cfg.group & dc_mask) == 0, power_of_two)
         m.d.comb += self.unsupported.eq(~fits)
 
-        # -- the activation memory
-        width = self.tokens * self.columns * CODE_BITS
-        memory = Memory(shape=unsigned(width), depth=self.words, init=[])
-        m.submodules.activations = memory
-        write = memory.write_port(granularity=CODE_BITS)
-        read = memory.read_port()
-        self._load_activations(m, write)
+        # -- the activation memory: banks of a token row's columns, read together
+        banks = self._activation_banks(m)
 
         # -- the beat former (stage A: counters and windows; stage B: the MAC inputs)
         row, beat, in_group, upper = (Signal(FIELD_BITS, name="row"), Signal(FIELD_BITS, name="beat"),
@@ -215,7 +212,8 @@ class GemmCore(wiring.Component):
             ("slice", range(self.columns // lanes)), ("high", unsigned(1)), ("group_last", unsigned(1)),
             ("last", unsigned(1)))}
         dense_log, sparse_log = _log2(self.columns // lanes), _log2(self.columns // lanes // 2)
-        m.d.comb += [read.addr.eq(Mux(sparse, beat >> sparse_log, beat >> dense_log)), read.en.eq(advance)]
+        for read in (bank for row_banks in banks for bank in row_banks):
+            m.d.comb += [read.addr.eq(Mux(sparse, beat >> sparse_log, beat >> dense_log)), read.en.eq(advance)]
         with m.If(advance):
             m.d.sync += [b_valid.eq(fire), b["high"].eq(upper),
                          b["slice"].eq(Mux(sparse, beat[:sparse_log], beat[:dense_log]) if dense_log else 0),
@@ -242,13 +240,13 @@ class GemmCore(wiring.Component):
                     m.d.sync += beat.eq(beat + 1)
 
         # -- the MAC units: shared codes, each token row's activations
-        word = read.data
+        bank_columns = self.bank_columns
         for t, row_units in enumerate(macs):
             for u, unit in enumerate(row_units):
                 beat_in = unit.i.payload
-                base = t * self.columns
                 for lane in range(2 * products):
-                    column = lambda c: word.word_select(base + c, CODE_BITS).as_signed()  # noqa: E731
+                    column = lambda c: banks[t][c // bank_columns].data.word_select(  # noqa: E731
+                        c % bank_columns, CODE_BITS).as_signed()
                     # the beat is slice `b_slice` of the word: lanes (dense) or 2·lanes (2:4) columns
                     code = _pick(b["slice"], [column(k * 2 * lanes + 2 * u * products + lane)
                                               for k in range(self.columns // lanes // 2)])
@@ -281,34 +279,53 @@ class GemmCore(wiring.Component):
                      results.r_en.eq(self.result.ready)]
         return m
 
-    def _load_activations(self, m: Module, write) -> None:
-        """Write each `act` chunk at its token's next columns (word `column / columns`)."""
-        chunk = self.act.payload
-        a16 = self.config.a16
+    def _activation_banks(self, m: Module) -> list[list]:
+        """The activation memory as banks of `bank_columns` columns, `columns / bank_columns` per
+        token row, all on one address (no value then grows with the lanes: a 4,096-lane GEMV
+        word is 131,072 bits, past Amaranth's 65,536). A chunk of `act` fills one bank with int16
+        codes or two with int8 codes, at its token's next columns (word `column / columns`);
+        returns the banks' read ports, `[token][bank]`."""
+        chunk, a16 = self.act.payload, self.config.a16
+        per_bank = self.bank_columns
+        per_row = self.columns // per_bank
         token = Signal(range(max(self.tokens, 2)), name="load_token")  # 1 bit at least: Verilator rejects [-1:0]
         column = Signal(FIELD_BITS + 1, name="load_column")
-        lanes2 = self.columns
-        log = _log2(lanes2)
-        values = [Signal(signed(CODE_BITS), name=f"load_value{k}") for k in range(self.act_bytes)]
-        for k, value in enumerate(values):
-            wide = chunk.data[16 * k:16 * k + 16].as_signed() if k < self.act_bytes // 2 else 0
-            m.d.comb += value.eq(Mux(a16, wide, chunk.data[8 * k:8 * k + 8].as_signed()))
-        values = Cat(*values)
+        word_log, bank_log = _log2(self.columns), _log2(per_bank)
+        narrow = [chunk.data[8 * k:8 * k + 8].as_signed() for k in range(self.act_bytes)]
+        wide = [chunk.data[16 * k:16 * k + 16].as_signed() for k in range(per_bank)]
+        halves = [Signal(per_bank * CODE_BITS, name=f"load_half{h}") for h in (0, 1)]
+        m.d.comb += [halves[0].eq(Cat(*(Mux(a16, w, n).as_unsigned()[:CODE_BITS] for w, n in zip(wide, narrow)))),
+                     halves[1].eq(Cat(*(Cat(n, n[-1].replicate(CODE_BITS - 8)) for n in narrow[per_bank:])))]
+        # int8 chunks start at an even bank (columns advance by 2·per_bank), int16 ones at any
         count = Mux(a16, chunk.count >> 1, chunk.count)
-        lane0 = column[:log]
-        placed = barrel_shift(values, lane0 * CODE_BITS, lanes2 * CODE_BITS, left=True)
-        mask = Signal(lanes2, name="load_mask")  # one signal: an expression would be lowered once per token
-        m.d.comb += mask.eq((((Const(1, lanes2 + 1) << count) - 1) << lane0)[:lanes2])
-        m.d.comb += [self.act.ready.eq(1), write.addr.eq(column >> log),
-                     write.data.eq(placed.replicate(self.tokens))]
+        in_first = Mux(count > per_bank, per_bank, count)
+        in_second = Mux(a16 | (count <= per_bank), 0, (count - per_bank).as_unsigned())
+        masks = [Signal(per_bank, name=f"load_mask{h}") for h in (0, 1)]  # signals: lowered once, not per bank
+        m.d.comb += [masks[0].eq(((Const(1, per_bank + 1) << in_first) - 1)[:per_bank]),
+                     masks[1].eq(((Const(1, per_bank + 1) << in_second) - 1)[:per_bank])]
+        first = column[bank_log:word_log] if word_log > bank_log else Const(0, 1)
+        reads = []
         for t in range(self.tokens):
-            m.d.comb += write.en[t * lanes2:(t + 1) * lanes2].eq(Mux(self.act.valid & (token == t), mask, 0))
+            row_reads = []
+            here = self.act.valid & (token == t)
+            for k in range(per_row):
+                memory = Memory(shape=unsigned(per_bank * CODE_BITS), depth=self.words, init=[])
+                m.submodules[f"activations_t{t}_b{k}"] = memory
+                write = memory.write_port(granularity=CODE_BITS)
+                row_reads.append(memory.read_port())
+                second = (first + 1 == k) & ~a16 if k % 2 else Const(0)
+                m.d.comb += [write.addr.eq(column >> word_log),
+                             write.data.eq(Mux(second, halves[1], halves[0]) if k % 2 else halves[0]),
+                             write.en.eq(Mux(here & (first == k), masks[0], Mux(here & second, masks[1], 0)))]
+            reads.append(row_reads)
+        m.d.comb += self.act.ready.eq(1)
         with m.If(self.load):
             m.d.sync += [token.eq(0), column.eq(0)]
         with m.Elif(self.act.valid):
             m.d.sync += column.eq(Mux(chunk.last, 0, column + Mux(a16, self.act_bytes // 2, self.act_bytes)))
             with m.If(chunk.last & (token != self.tokens - 1)):
                 m.d.sync += token.eq(token + 1)
+        return reads
 
 
 def _pick(index, options: list):
