@@ -45,15 +45,44 @@ RangeCommand = data.StructLayout({"buf": unsigned(BUFFER_ID_BITS), "addr": unsig
                                   "nbytes": unsigned(LENGTH_BITS)})
 
 
-def byte_mask(count, nbytes: int):
+def barrel_shift(m: Module, value, amount, width: int, left: bool = False):
+    """`value >> amount` (or `<< amount`) in `width` bits as a logarithmic shifter: one 2:1 mux
+    per bit and bit of `amount` (Amaranth's own variable shift ties every output bit to every
+    input bit, which makes elaborating wide windows slow). Every stage is a Signal of `m`:
+    Amaranth lowers an expression afresh wherever it is read, and each stage reads the one
+    before twice, so stages as expressions cost 2^stages muxes (65,536 copies of a 34,824-bit
+    mux for a 4,096-lane GEMV window: out of memory)."""
+    current = value.as_unsigned()[:width] if len(value) >= width else Cat(value.as_unsigned(), Const(0, width - len(value)))
+    shift = Signal(len(amount), name="shift_amount")
+    m.d.comb += shift.eq(amount)
+    for k in range(len(shift)):
+        step = 1 << k
+        stage = Signal(width, name=f"shift_stage{k}")
+        if step >= width:
+            m.d.comb += stage.eq(Mux(shift[k], 0, current))
+        else:
+            moved = Cat(Const(0, step), current[:width - step]) if left else Cat(current[step:], Const(0, step))
+            m.d.comb += stage.eq(Mux(shift[k], moved, current))
+        current = stage
+    return current
+
+
+def low_ones(m: Module, count, width: int):
+    """The `width`-bit mask of the low `count` bits (all ones from `count >= width` on), as a
+    logarithmic shifter of `width` bits: Amaranth's `1 << count` is `2^len(count)` bits wide,
+    past its 65,536-bit limit once `count` has 16 bits (8 · a 4,096-byte chunk's count)."""
+    return ~barrel_shift(m, Const((1 << width) - 1, width), count, width, left=True)
+
+
+def byte_mask(m: Module, count, nbytes: int):
     """The `nbytes`-bit mask of the low `count` bytes (count in 0..nbytes)."""
-    return ((Const(1, nbytes + 1) << count) - 1)[:nbytes]
+    return low_ones(m, count, nbytes)
 
 
-def low_bytes_bits(count, nbytes: int):
+def low_bytes_bits(m: Module, count, nbytes: int):
     """The `8 · nbytes`-bit mask of the low `count` bytes (count in 0..nbytes), as one shift:
     a bit-per-byte mask expanded by slicing would be lowered by Amaranth once per bit read."""
-    return ((Const(1, 8 * nbytes + 1) << (count * 8)) - 1)[:8 * nbytes]
+    return low_ones(m, count * 8, 8 * nbytes)
 
 
 class Packer(wiring.Component):
@@ -93,7 +122,7 @@ class Packer(wiring.Component):
         m.d.comb += self.empty.eq((fill == 0) & ~flushing)
         push = self.i.valid & self.i.ready
         incoming = Signal(8 * n_in)
-        m.d.comb += incoming.eq((beat.data >> (beat.first * 8)) & low_bytes_bits(beat.count, n_in))
+        m.d.comb += incoming.eq((beat.data >> (beat.first * 8)) & low_bytes_bits(m, beat.count, n_in))
         kept = Signal(8 * capacity)
         m.d.comb += kept.eq(Mux(pop, acc >> (8 * n_out), acc))
         with m.If(push):
@@ -224,7 +253,7 @@ class ByteWriter(wiring.Component):
 
         out = packer.o.payload
         mask = Signal(w)
-        m.d.comb += mask.eq(byte_mask(out.count, w) & Mux(first_word, ~byte_mask(lead, w), (1 << w) - 1))
+        m.d.comb += mask.eq(byte_mask(m, out.count, w) & Mux(first_word, ~byte_mask(m, lead, w), (1 << w) - 1))
         m.d.comb += [packer.o.ready.eq(1), self.port.buf.eq(buf), self.port.addr.eq(word),
                      self.port.data.eq(out.data), self.port.en.eq(Mux(packer.o.valid, mask, 0))]
         with m.If(packer.o.valid):

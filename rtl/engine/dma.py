@@ -227,7 +227,7 @@ class StoreEngine(wiring.Component):
         out = packer.o.payload
         strobe = Signal(bb)
         m.d.comb += [
-            strobe.eq(byte_mask(out.count, bb) & Mux(first_out, ~byte_mask(lead, bb), (1 << bb) - 1)),
+            strobe.eq(byte_mask(m, out.count, bb) & Mux(first_out, ~byte_mask(m, lead, bb), (1 << bb) - 1)),
             self.write_data.valid.eq(packer.o.valid), self.write_data.payload.data.eq(out.data),
             self.write_data.payload.strb.eq(strobe), packer.o.ready.eq(self.write_data.ready),
         ]

@@ -39,7 +39,7 @@ from amaranth.lib.wiring import In, Out
 from llmfab.rtl.units.arith import bit_length
 from llmfab.rtl.units.mac_lanes import ENGINE_ROW_SUM_BITS, EngineMacLanesUnit
 
-from .bytestream import packed_layout
+from .bytestream import low_ones, packed_layout
 
 CODE_BITS = 16  # an activation column in the activation memory
 PATTERN_BITS = 3
@@ -301,8 +301,7 @@ class GemmCore(wiring.Component):
         in_first = Mux(count > per_bank, per_bank, count)
         in_second = Mux(a16 | (count <= per_bank), 0, (count - per_bank).as_unsigned())
         masks = [Signal(per_bank, name=f"load_mask{h}") for h in (0, 1)]  # signals: lowered once, not per bank
-        m.d.comb += [masks[0].eq(((Const(1, per_bank + 1) << in_first) - 1)[:per_bank]),
-                     masks[1].eq(((Const(1, per_bank + 1) << in_second) - 1)[:per_bank])]
+        m.d.comb += [masks[0].eq(low_ones(m, in_first, per_bank)), masks[1].eq(low_ones(m, in_second, per_bank))]
         first = column[bank_log:word_log] if word_log > bank_log else Const(0, 1)
         reads = []
         for t in range(self.tokens):

@@ -19,24 +19,9 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .buffers import BUFFER_ID_BITS, BufferGeometry, read_port_signature, write_port_signature
-from .bytestream import ADDR_BITS, low_bytes_bits, packed_layout
+from .bytestream import ADDR_BITS, barrel_shift, low_bytes_bits, packed_layout
 
 INT64_BYTES = 8
-
-
-def barrel_shift(value, amount, width: int, left: bool = False):
-    """`value >> amount` (or `<< amount`) in `width` bits as a logarithmic shifter: one 2:1 mux
-    per bit and bit of `amount` (Amaranth's own variable shift ties every output bit to every
-    input bit, which makes elaborating wide windows slow)."""
-    current = value.as_unsigned()[:width] if len(value) >= width else Cat(value.as_unsigned(), Const(0, width - len(value)))
-    for k in range(len(amount)):
-        step = 1 << k
-        if step >= width:
-            current = Mux(amount[k], Const(0, width), current)
-            continue
-        moved = Cat(Const(0, step), current[:width - step]) if left else Cat(current[step:], Const(0, step))
-        current = Mux(amount[k], moved, current)
-    return current
 
 
 def share_read_port(m: Module, port, requesters: list, name: str, restart) -> None:
@@ -95,13 +80,14 @@ class BitWindow(wiring.Component):
         # a Signal, not an expression: the shifter below reads it at every stage, and Amaranth
         # lowers an expression afresh at every read
         incoming = Signal(8 * self.in_bytes)
-        m.d.comb += incoming.eq(chunk.data & low_bytes_bits(chunk.count, self.in_bytes))
-        remaining = barrel_shift(bits, self.pop, self.capacity)
+        m.d.comb += incoming.eq(chunk.data & low_bytes_bits(m, chunk.count, self.in_bytes))
+        remaining = barrel_shift(m, bits, self.pop, self.capacity)
+        placed = barrel_shift(m, incoming, kept, self.capacity, left=True)
         take = self.i.valid & self.i.ready
         with m.If(self.clear):
             m.d.sync += self.fill.eq(0)
         with m.Elif(take):
-            m.d.sync += [bits.eq(remaining | barrel_shift(incoming, kept, self.capacity, left=True)),
+            m.d.sync += [bits.eq(remaining | placed),
                          self.fill.eq(kept + 8 * chunk.count)]
         with m.Else():
             m.d.sync += [bits.eq(remaining), self.fill.eq(kept)]
@@ -145,7 +131,7 @@ class ElementReader(wiring.Component):
         m.d.sync += in_flight.eq(self.grant)
         with m.If(self.grant):
             m.d.sync += offset.eq(self.addr.payload[:shift] if shift else 0)
-        m.d.comb += [values.w_en.eq(in_flight), values.w_data.eq(barrel_shift(self.port.data, offset * 8, 64)),
+        m.d.comb += [values.w_en.eq(in_flight), values.w_data.eq(barrel_shift(m, self.port.data, offset * 8, 64)),
                      self.o.valid.eq(values.r_rdy), self.o.payload.eq(values.r_data), values.r_en.eq(self.o.ready),
                      self.idle.eq(~self.addr.valid & ~in_flight & ~values.r_rdy)]
         return m
@@ -170,7 +156,7 @@ class ElementWriter(wiring.Component):
         offset = beat.addr[:shift] if shift else 0
         placed = Signal(16 * w)
         mask = Signal(2 * w)
-        m.d.comb += [placed.eq(barrel_shift(beat.value, offset * 8, 16 * w, left=True)),
+        m.d.comb += [placed.eq(barrel_shift(m, beat.value, offset * 8, 16 * w, left=True)),
                      mask.eq(Mux(beat.wide, 0xFF, 0x0F) << offset)]
         second = Signal()  # the element's upper word is written this cycle
         word = beat.addr >> shift

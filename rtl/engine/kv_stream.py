@@ -152,12 +152,13 @@ class ScatterWriter(wiring.Component):
             m.d.sync += [index.eq(index + 1), left.eq(left - 1)]
             with m.If(left == 1):
                 m.d.sync += busy.eq(0)
+        mask = byte_mask(m, chunk.count, self.max_bytes)  # outside the If: its shifter's stages are comb
+        valid_bits = low_bytes_bits(m, chunk.count, self.max_bytes)
         with m.If(self.i.valid & self.i.ready):
             low = chunk.addr[:shift]
-            mask = byte_mask(chunk.count, self.max_bytes)
             m.d.sync += [busy.eq(1), buf.eq(chunk.buf), word.eq(chunk.addr >> shift), index.eq(0),
                          left.eq((low + chunk.count + (w - 1)) >> shift),
-                         window.eq((chunk.data & low_bytes_bits(chunk.count, self.max_bytes)) << (low * 8)),
+                         window.eq((chunk.data & valid_bits) << (low * 8)),
                          enables.eq(Cat(mask, Const(0, w * slots - self.max_bytes)) << low)]
         return m
 
