@@ -268,14 +268,16 @@ class KvFetch(wiring.Component):
         offset = Mux(head.tstat & ~head.pairs, chunk1[32:64], toffset)
         inputs = dequant.i.payload
         mask = []
+        lower_source = Signal(32 * a, name="lower_source")  # a Signal: every lane slices it
+        m.d.comb += lower_source.eq(Mux(head.pairs, part0, chunk0))
+        stats = cache_r.data
         for lane in range(a):
             upper_lane = lane >= half
             i_pairs = lane - half if upper_lane else lane
             i = Mux(head.pairs, i_pairs, lane)
             valid = i < head.n
             mask.append(valid)
-            source = chunk0 if upper_lane else Mux(head.pairs, part0, chunk0)
-            base_lane = Mux(head.pairs & upper_lane, half, 0)
+            source = chunk0 if upper_lane else lower_source
 
             def element(bits_, k, src=source):
                 return src[bits_ * k:bits_ * (k + 1)]
@@ -285,7 +287,9 @@ class KvFetch(wiring.Component):
             own4 = Mux(head.pairs, element(4, i_pairs), element(4, lane))
             raw = Mux(valid, own_raw, element(32, 0))
             code = Mux(head.bits8, Mux(valid, own8, element(8, 0)), Mux(valid, own4, element(4, 0)))
-            stats_lane = cache_r.data.word_select(Mux(valid, lane, base_lane), 64)
+            # the lane's statistics, or those of its part's element 0 past the head's end
+            base_stats = Mux(head.pairs, stats[64 * half:64 * half + 64], stats[:64]) if upper_lane else stats[:64]
+            stats_lane = Mux(valid, stats[64 * lane:64 * lane + 64], base_stats)
             channel = head.stats == STATS_CHANNEL
             m.d.comb += [inputs.code[lane].eq(Mux(head.raw, 0, code)),
                          inputs.scale[lane].eq(Mux(head.raw, 0, Mux(channel, stats_lane[:32], scale))),

@@ -400,8 +400,9 @@ class AttentionSequencer(Sequencer):
         inst, regs = self.inst, self.regs
         d, cols, kvh_count, block, cap = inst.depth, inst.cols, inst.sub, inst.aux, inst.imm
         p, t = regs.position, self.rows
-        kv8 = (inst.flags & int(Flag.KV8)) != 0
-        lam = (inst.flags & int(Flag.LAMBDA)) != 0
+        # Signals, not expressions: Amaranth lowers an expression again at every read (below: every lane)
+        kv8, lam = Signal(name="kv8"), Signal(name="lam")
+        m.d.comb += [kv8.eq((inst.flags & int(Flag.KV8)) != 0), lam.eq((inst.flags & int(Flag.LAMBDA)) != 0)]
 
         m.submodules.fetch = fetch = KvFetch(g.buffers, a, self.max_head_dim)
         m.submodules.writer = writer = ScatterWriter(g.buffers, 4 * a)
@@ -624,8 +625,9 @@ class AttentionSequencer(Sequencer):
         m.d.comb += [requant.i.payload.x[k].eq(beat.x[k]) for k in range(a)]
         q_beat = Signal(range(self.max_beats + 1), name="q_beat")
         # lanes past the head: channel b·A + k (dense), or with RoPE pairs (Λ) pair b·A/2 + k mod A/2
-        lane_ok = Cat(*(Mux(lam, (q_beat << _log2(a // 2)) + (k % (a // 2)) < (d >> 1), (q_beat << _log2(a)) + k < d)
-                        for k in range(a)))
+        lane_ok = Signal(a, name="lane_ok")  # a Signal: each lane reads one bit of it
+        m.d.comb += lane_ok.eq(Cat(*(Mux(lam, (q_beat << _log2(a // 2)) + (k % (a // 2)) < (d >> 1),
+                                         (q_beat << _log2(a)) + k < d) for k in range(a))))
         m.d.comb += [requant.o.ready.eq(1), q_write.addr.eq(q_beat), q_write.en.eq(requant.o.valid),
                      q_write.data.eq(Cat(*(Mux(lane_ok[k], requant.o.payload.q[k], 0) for k in range(a))))]
         with m.If(requant.o.valid):
