@@ -83,3 +83,15 @@ def test_errors_are_clean(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_demo_skips_the_presets_training_unless_asked():
+    from pathlib import Path
+
+    from llmfab.cli import build_parser
+    from llmfab.commands.demo import quantize_argv
+
+    fast = quantize_argv(build_parser().parse_args(["demo", "tiny"]), Path("a"))
+    trained = quantize_argv(build_parser().parse_args(["demo", "tiny", "--train"]), Path("a"))
+    assert fast[fast.index("--qat-block-epochs") + 1] == "0" and fast[fast.index("--qat-steps") + 1] == "0"
+    assert "--qat-block-epochs" not in trained and "--qat-steps" not in trained

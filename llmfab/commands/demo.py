@@ -57,6 +57,14 @@ def run_subcommand(argv: list[str]) -> int:
     return args._run(args)
 
 
+def quantize_argv(args, artifact: Path) -> list[str]:
+    """The `llmfab quantize` command of step 2: the preset's training only with --train."""
+    return (["quantize", args.model, "--preset", args.preset, "-o", str(artifact),
+             "--calib-samples", str(args.calib_samples), "--calib-seq-len", str(args.calib_seq_len)]
+            + ([] if args.train else ["--qat-block-epochs", "0", "--qat-steps", "0"])
+            + (["--no-cache"] if args.no_cache else []))
+
+
 def reusable(artifact: Path, model: str) -> bool:
     """True if ``artifact`` was quantized earlier from ``model`` (with the settings in its name)."""
     import json
@@ -113,11 +121,7 @@ def run_in(workdir: Path, args) -> int:
     if reusable(artifact, args.model):
         print("   reusing the artifact in --workdir")
     else:
-        run_subcommand(["quantize", args.model, "--preset", args.preset, "-o", str(artifact),
-                        "--calib-samples", str(args.calib_samples),
-                        "--calib-seq-len", str(args.calib_seq_len)]
-                       + ([] if args.train else ["--qat-block-epochs", "0", "--qat-steps", "0"])
-                       + (["--no-cache"] if args.no_cache else []))
+        run_subcommand(quantize_argv(args, artifact))
     done(start)
 
     start = stage(f"3. compile for {args.board} -> {program}")
