@@ -33,29 +33,52 @@ from llmfab.quant.sparsity import wanda_2to4_mask
 from llmfab.quant.weight_quant import GroupQuantConfig
 
 CALIBRATION_FILE = "emma_calibration.txt"
+# QAT and block reconstruction train on passages of four novels (tools/make_training_excerpt.py)
+TRAINING_FILE = "austen_training.txt"
 SEQUENTIAL_STEPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
 WINDOWS_PER_BATCH = 8
 
 
-def default_calibration_text() -> Path:
-    """The calibration excerpt shipped with llmfab (start of Austen's Emma, public domain)."""
+def bundled_text(name: str) -> Path:
+    """A text file shipped in ``llmfab/data``."""
     from importlib.resources import files
 
-    return Path(str(files("llmfab") / "data" / CALIBRATION_FILE))
+    return Path(str(files("llmfab") / "data" / name))
+
+
+def default_calibration_text() -> Path:
+    """The calibration excerpt shipped with llmfab (start of Austen's Emma, public domain)."""
+    return bundled_text(CALIBRATION_FILE)
+
+
+def default_training_text() -> Path:
+    """The training text shipped with llmfab: 96 passages of about 3,500 characters from Emma,
+    Mansfield Park, Pride and Prejudice and Sense and Sensibility (95,800 SmolLM2 tokens)."""
+    return bundled_text(TRAINING_FILE)
+
+
+def text_tokens(tokenizer, paths: list[Path], option: str) -> list[int]:
+    """The UTF-8 files ``paths`` tokenized and concatenated; a missing or undecodable file is an
+    error naming the command-line ``option`` that gives it."""
+    tokens: list[int] = []
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{option} {path} does not exist; pass an existing UTF-8 text file")
+        try:
+            tokens += tokenizer.encode(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise InputError(f"{option} {path} is not UTF-8 ({err.reason} at byte {err.start})") from None
+    return tokens
+
+
+def calibration_paths(recipe: Recipe) -> list[Path]:
+    """The recipe's calibration texts, or the bundled excerpt when it names none."""
+    return [Path(p) for p in recipe.calib_texts] or [default_calibration_text()]
 
 
 def calibration_tokens(tokenizer, recipe: Recipe) -> list[int]:
     """The recipe's calibration texts (default: the bundled excerpt), tokenized and concatenated."""
-    paths = [Path(p) for p in recipe.calib_texts] or [default_calibration_text()]
-    tokens: list[int] = []
-    for path in paths:
-        if not path.is_file():
-            raise InputError(f"calibration text {path} does not exist; pass --calib-text FILE (UTF-8)")
-        try:
-            tokens += tokenizer.encode(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as err:
-            raise InputError(f"calibration text {path} is not UTF-8 ({err.reason} at byte {err.start})") from None
-    return tokens
+    return text_tokens(tokenizer, calibration_paths(recipe), "--calib-text")
 
 
 def calibration_windows(tokenizer, recipe: Recipe) -> torch.Tensor:
@@ -65,10 +88,9 @@ def calibration_windows(tokenizer, recipe: Recipe) -> torch.Tensor:
     windows do not overlap when there are enough tokens and overlap evenly when there are not.
     """
     tokens = calibration_tokens(tokenizer, recipe)
-    paths = [Path(p) for p in recipe.calib_texts] or [default_calibration_text()]
     if len(tokens) < recipe.calib_seq_len:
         raise InputError(
-            f"calibration text ({', '.join(map(str, paths))}) has {len(tokens)} tokens, fewer than "
+            f"calibration text ({', '.join(map(str, calibration_paths(recipe)))}) has {len(tokens)} tokens, fewer than "
             f"--calib-seq-len {recipe.calib_seq_len}; pass a longer --calib-text or a shorter length"
         )
     return spread_windows(torch.tensor(tokens, dtype=torch.long), recipe.calib_samples, recipe.calib_seq_len)

@@ -202,14 +202,19 @@ def train_qat(student: LlamaModel, teacher: LlamaModel | None, windows: torch.Te
 
 def training_tokens(tokenizer, recipe) -> list[int]:
     """The texts QAT and block reconstruction train on, tokenized and concatenated: the recipe's
-    ``qat_texts``, or its calibration texts when it names none."""
-    import dataclasses
-
-    from llmfab.quant.calibrate import calibration_tokens
+    ``qat_texts``, else its ``calib_texts``, else the text shipped with llmfab for its width: the
+    four-novel training text up to ``BUNDLED_TRAINING_MAX_BITS``-bit weights, the calibration
+    excerpt above (quant/recipe.py says what each measured)."""
+    from llmfab.quant.calibrate import default_calibration_text, default_training_text, text_tokens
+    from llmfab.quant.recipe import BUNDLED_TRAINING_MAX_BITS
 
     if recipe.qat_texts:
-        recipe = dataclasses.replace(recipe, calib_texts=recipe.qat_texts)
-    return calibration_tokens(tokenizer, recipe)
+        return text_tokens(tokenizer, [Path(p) for p in recipe.qat_texts], "--qat-text")
+    if recipe.calib_texts:
+        return text_tokens(tokenizer, [Path(p) for p in recipe.calib_texts], "--calib-text")
+    if recipe.weight_bits > BUNDLED_TRAINING_MAX_BITS:
+        return text_tokens(tokenizer, [default_calibration_text()], "the bundled calibration text")
+    return text_tokens(tokenizer, [default_training_text()], "the bundled training text")
 
 
 def training_windows(tokenizer, recipe, seq_len: int) -> torch.Tensor:

@@ -80,7 +80,10 @@ class Recipe:
     (per-token int8) or 16 (float, A16); None means ``act_bits``. ``qat_block_epochs`` > 0 runs
     block-wise reconstruction (quant/block_ap.py) on ``qat_block_samples`` windows of
     ``calib_seq_len`` tokens before the ``qat_steps`` end-to-end QAT steps. Both train on
-    ``qat_texts`` (UTF-8 files; empty means the calibration texts).
+    ``qat_texts`` (UTF-8 files); empty means the calibration texts when ``calib_texts`` names
+    some, else a text shipped with llmfab: passages of four Austen novels
+    (tools/make_training_excerpt.py) up to ``BUNDLED_TRAINING_MAX_BITS``-bit weights, the
+    calibration excerpt above.
     """
 
     name: str
@@ -269,6 +272,14 @@ QAT_STEPS_2BIT = 20
 # reconstruction") w2a8kv4's perplexity ratio 2.13 instead of 2.66, accllm's 2.62 instead of 3.72;
 # 22-25 min more on 2 cores.
 QAT_BLOCK_EPOCHS_W2 = 2
+# ... on 128 windows of 512 tokens of the bundled training text (the measured runs took 128
+# windows of the four novels; with 64 of the Emma excerpt accllm's ratio was 3.02, with 128 of the
+# bundled text 2.686).
+QAT_BLOCK_SAMPLES_2BIT = 128
+# Which bundled text training defaults to: the four-novel training text for weights of up to 2
+# bits (accllm 2.686, w2a8kv4 1.711 on SmolLM2, 2026-12-03), the Emma calibration excerpt above
+# (w4a8kv4 1.092 on it, 1.1005 on the four-novel text: its one lr-1e-4 epoch fits the excerpt).
+BUNDLED_TRAINING_MAX_BITS = 2
 
 # w2a8kv4's weight groups: 32 columns a scale. With group 64 and the schedule above the ratio was
 # 2.13; with 32 the post-training model is 153.9 instead of 192.4 and the trained one 1.74 (target
@@ -290,11 +301,12 @@ PRESETS: dict[str, Recipe] = {
                       smooth_alpha=MEASURED_SMOOTH_ALPHA, qat_block_epochs=QAT_BLOCK_EPOCHS_W4,
                       qat_block_lr=QAT_BLOCK_LR_W4),
     "w2a8kv4": Recipe("w2a8kv4", weight_bits=2, group_size=W2_GROUP_SIZE, act_bits=8, kv_bits=4,
-                      qat_steps=QAT_STEPS_2BIT, qat_block_epochs=QAT_BLOCK_EPOCHS_W2),
+                      qat_steps=QAT_STEPS_2BIT, qat_block_epochs=QAT_BLOCK_EPOCHS_W2,
+                      qat_block_samples=QAT_BLOCK_SAMPLES_2BIT),
     "accllm": Recipe("accllm", weight_bits=2, group_size=64, act_bits=8, kv_bits=4,
                      sparsity=Sparsity.TWO_FOUR, pruning=PruningMethod.SPARSEGPT,
                      sinks=DEFAULT_SINKS, window=DEFAULT_WINDOW, qat_steps=QAT_STEPS_2BIT,
-                     qat_block_epochs=QAT_BLOCK_EPOCHS_W2),
+                     qat_block_epochs=QAT_BLOCK_EPOCHS_W2, qat_block_samples=QAT_BLOCK_SAMPLES_2BIT),
 }
 
 

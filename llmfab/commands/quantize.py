@@ -47,7 +47,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--qat-steps", type=int,
                         help="quantization-aware training steps after calibration (preset default: 20 "
                         "for w2a8kv4 and accllm, 0 = none for the others); distills from the float model "
-                        "(KL on the --qat-text or calibration text), checkpoints to DIR.qat.pt and resumes from it. "
+                        "(KL on the training text, see --qat-text), checkpoints to DIR.qat.pt and resumes from it. "
                         "20-100 s a step for SmolLM2-135M on 2 cores, depending on load")
     parser.add_argument("--qat-mode", choices=("scales", "weights"),
                         help="what QAT trains: scales = the per-group weight scales only, codes frozen "
@@ -69,16 +69,19 @@ def add_arguments(parser) -> None:
                         "every layer to DIR.qat.block.pt and resumes from it (preset default: 2 for w2a8kv4 and accllm, "
                         "about 20-25 min for SmolLM2-135M on 2 cores; 0 = off for the others)")
     parser.add_argument("--qat-block-samples", type=int,
-                        help="calibration windows of --calib-seq-len tokens block reconstruction trains on "
-                        "(default 64; the text's last 2 windows are held out to report the error)")
+                        help="windows of --calib-seq-len tokens of the training text (--qat-text) block "
+                        "reconstruction trains on (default 64, 128 for the 2-bit presets; the text's last 2 "
+                        "windows are held out to report the error)")
     parser.add_argument("--qat-block-lr", type=float,
                         help="block reconstruction learning rate of the latent weights (default 1e-3)")
     parser.add_argument("--qat-block-scale-lr", type=float,
                         help="block reconstruction learning rate of the per-group scales (default 1e-3)")
     parser.add_argument("--qat-text", action="append", metavar="FILE",
                         help="UTF-8 text block reconstruction and the end-to-end QAT steps train on "
-                        "(repeatable; default: the calibration text). May differ from the calibration "
-                        "text of a --qat-from artifact")
+                        "(repeatable; default: the --calib-text files if given, else for 2-bit weights the "
+                        "bundled training text, 96 passages of four Austen novels, for wider ones the "
+                        "calibration excerpt). May differ from the calibration text "
+                        "of a --qat-from artifact")
     parser.add_argument("--qat-from", metavar="ARTIFACT",
                         help="skip calibration and start QAT from this post-training artifact of the "
                         "same model and recipe (QAT settings may differ); block reconstruction needs "

@@ -18,7 +18,7 @@ from llmfab.quant.model import iter_linears
 from llmfab.quant.qat import block_windows, distillation_loss
 from llmfab.quant.qlinear import QuantLinear
 from llmfab.quant.recipe import Recipe
-from llmfab.tests.quant.tiny_quantized import quantized_sharp_tiny, tiny_recipe
+from llmfab.tests.quant.tiny_quantized import EMMA_TRAINING, quantized_sharp_tiny, tiny_recipe
 
 FAST = BlockConfig(epochs=2, lr=2e-3, scale_lr=1e-3)
 
@@ -27,7 +27,7 @@ FAST = BlockConfig(epochs=2, lr=2e-3, scale_lr=1e-3)
 def sharp(tiny_hf_folder, request):
     """(teacher, post-training student, training windows, held-out windows) of the sharpened tiny model."""
     # group 64 for both: the thresholds were set on it (w2a8kv4's preset groups are 32 now)
-    recipe = tiny_recipe(request.param, calib_samples=4, qat_block_samples=64, group_size=64)
+    recipe = tiny_recipe(request.param, calib_samples=4, qat_block_samples=64, group_size=64, **EMMA_TRAINING)
     checkpoint, teacher, student, _ = quantized_sharp_tiny(tiny_hf_folder, recipe)
     train, held = block_windows(checkpoint.tokenizer, recipe)
     return teacher, student, train, held

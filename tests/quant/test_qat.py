@@ -26,7 +26,7 @@ from llmfab.quant.qat import (
 )
 from llmfab.quant.qat_modules import QatHead
 from llmfab.quant.qlinear import QuantLinear, fake_quant_per_token
-from llmfab.tests.quant.tiny_quantized import quantized_sharp_tiny, quantized_tiny, tiny_recipe
+from llmfab.tests.quant.tiny_quantized import EMMA_TRAINING, quantized_sharp_tiny, quantized_tiny, tiny_recipe
 
 MODES = list(QatMode)
 HELD_OUT = 4  # last training windows kept out of training, to measure the loss on
@@ -38,19 +38,19 @@ W2_G64 = 64
 @pytest.fixture(scope="module")
 def tiny_w2(tiny_hf_folder):
     # group 64 (W2_G64), not the preset's 32: the thresholds below were set on that harsher model
-    return quantized_tiny(tiny_hf_folder, tiny_recipe("w2a8kv4", calib_samples=4, group_size=W2_G64))
+    return quantized_tiny(tiny_hf_folder, tiny_recipe("w2a8kv4", calib_samples=4, group_size=W2_G64, **EMMA_TRAINING))
 
 
 @pytest.fixture(scope="module")
 def tiny_sparse(tiny_hf_folder):
-    return quantized_tiny(tiny_hf_folder, tiny_recipe("accllm", calib_samples=4))
+    return quantized_tiny(tiny_hf_folder, tiny_recipe("accllm", calib_samples=4, **EMMA_TRAINING))
 
 
 @pytest.fixture(scope="module")
 def sharp_w2(tiny_hf_folder):
     """Like tiny_w2, but from a sharpened float model (tiny_quantized.sharpened_tiny), with 32-token
     training windows of the whole calibration text."""
-    recipe = tiny_recipe("w2a8kv4", calib_samples=4, group_size=W2_G64)
+    recipe = tiny_recipe("w2a8kv4", calib_samples=4, group_size=W2_G64, **EMMA_TRAINING)
     checkpoint, teacher, student, _ = quantized_sharp_tiny(tiny_hf_folder, recipe)
     return checkpoint, teacher, student, training_windows(checkpoint.tokenizer, recipe, 32)
 
@@ -257,7 +257,7 @@ def test_post_training_model_checks_the_recipe(tiny_w2, tiny_hf_folder, tmp_path
     from llmfab.quant.artifact import save_artifact
 
     checkpoint, _, student, _ = tiny_w2
-    recipe = tiny_recipe("w2a8kv4", calib_samples=4, group_size=W2_G64)
+    recipe = tiny_recipe("w2a8kv4", calib_samples=4, group_size=W2_G64, **EMMA_TRAINING)
     save_artifact(tmp_path / "ptq", student, recipe, checkpoint.tokenizer)
     loaded = post_training_model(tmp_path / "ptq", checkpoint.config, tiny_recipe("w2a8kv4", calib_samples=4,
                                                                                    group_size=W2_G64, qat_steps=3,

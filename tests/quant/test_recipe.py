@@ -106,12 +106,13 @@ def test_qat_texts_round_trip_and_default_for_older_manifests():
 
 
 def test_presets_train_as_measured():
-    """Both 2-bit presets: block reconstruction (2 epochs, lr 1e-3) then 20 scales-only steps, the
+    """Both 2-bit presets: block reconstruction (2 epochs × 128 windows, lr 1e-3) then 20 scales-only steps, the
     best measured on SmolLM2 (docs/compression_measurements.md); w4a8kv4 one block epoch at lr
     1e-4 (the 2-bit schedule wrecks it); w8a8kv8 trains nothing."""
     for name in ("w2a8kv4", "accllm"):
         r = PRESETS[name]
         assert (r.qat_block_epochs, r.qat_block_lr, r.qat_block_scale_lr, r.qat_steps) == (2, 1e-3, 1e-3, 20)
+        assert r.qat_block_samples == 128 and not r.qat_texts  # 128 windows of the bundled training text
         assert r.trains
     w4 = PRESETS["w4a8kv4"]
     assert (w4.qat_block_epochs, w4.qat_block_lr, w4.qat_block_scale_lr, w4.qat_steps) == (1, 1e-4, 1e-3, 0)
