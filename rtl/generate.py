@@ -71,8 +71,8 @@ def rtl(config: HardwareConfig, out_dir: str | Path, kernel: str = KERNEL_NAME, 
             f"the engine ({g.hbm_ports} ports x {g.axi_data_width} bits, {g.decode_lanes} decode lanes, "
             f"{g.attention_lanes} attention lanes, {g.word_bytes}-byte buffer words) is too large for Amaranth to "
             f"convert ({type(err).__name__}{': ' + str(err) if str(err) else ', e.g. a value wider than 65,536 bits'}); "
-            "the RTL converts engines up to u280-rtl-tiny's size today (docs/rtl.md, Known limits): choose a smaller "
-            "--engine") from None
+            "u280-default converts in about 80 minutes at 15 GB (docs/rtl.md, Known limits): free memory or choose a "
+            "smaller --engine") from None
     masters = kernel_masters(config)
     registers = engine.register_map
     texts = dict(sources.files)
