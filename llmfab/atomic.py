@@ -1,4 +1,5 @@
-"""Write a whole output folder or nothing: build it in a temporary sibling, then swap it in."""
+"""Write a whole output or nothing: a folder built in a temporary sibling and swapped in, or one
+text file written to a temporary file and renamed."""
 
 from __future__ import annotations
 
@@ -33,4 +34,18 @@ def atomic_folder(folder: Path | str) -> Iterator[Path]:
             os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise

@@ -208,13 +208,12 @@ def training_tokens(tokenizer, recipe) -> list[int]:
     from llmfab.quant.calibrate import default_calibration_text, default_training_text, text_tokens
     from llmfab.quant.recipe import BUNDLED_TRAINING_MAX_BITS
 
-    if recipe.qat_texts:
-        return text_tokens(tokenizer, [Path(p) for p in recipe.qat_texts], "--qat-text")
-    if recipe.calib_texts:
-        return text_tokens(tokenizer, [Path(p) for p in recipe.calib_texts], "--calib-text")
-    if recipe.weight_bits > BUNDLED_TRAINING_MAX_BITS:
-        return text_tokens(tokenizer, [default_calibration_text()], "the bundled calibration text")
-    return text_tokens(tokenizer, [default_training_text()], "the bundled training text")
+    if recipe.qat_texts or recipe.calib_texts:
+        option = "--qat-text" if recipe.qat_texts else "--calib-text"
+        return text_tokens(tokenizer, [Path(p) for p in recipe.qat_texts or recipe.calib_texts], option)
+    wide = recipe.weight_bits > BUNDLED_TRAINING_MAX_BITS
+    bundled = default_calibration_text() if wide else default_training_text()
+    return text_tokens(tokenizer, [bundled], "the bundled text")
 
 
 def training_windows(tokenizer, recipe, seq_len: int) -> torch.Tensor:

@@ -13,9 +13,6 @@ so the kernel's port list follows the signature one to one.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,17 +116,3 @@ def kernel_sources(component: wiring.Component, top_name: str) -> KernelSources:
     core_name = f"{top_name}_core"
     return KernelSources(top_name, core_name, xrt_wrapper(component, top_name, core_name),
                          GENERATED_BANNER + component_verilog(component, core_name))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

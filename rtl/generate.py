@@ -24,11 +24,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmfab.atomic import write_text_atomic
 from llmfab.boards.hardware import HardwareConfig
 from llmfab.compiler.placement import KERNEL_NAME, connectivity_cfg
 from llmfab.errors import InputError
 
-from .emit import kernel_sources, write_text_atomic
+from .emit import kernel_sources
 from .engine.engine import Engine
 from .kernel_shell import master_bundle
 from .packaging import kernel_xml, package_xo_tcl

@@ -12,9 +12,10 @@ The output is deterministic: the test suite rebuilds it and compares.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from llmfab.atomic import write_text_atomic
 
 NOVELS = ("emma.txt", "mansfieldpark.txt", "prideprejudice.txt", "sensesensibility.txt")
 CHUNKS = 24
@@ -61,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, args.output)
+    write_text_atomic(args.output, text)
     print(f"wrote {args.output} ({len(text):,} characters, {len(NOVELS) * CHUNKS} passages)")
     return 0
 
