@@ -15,8 +15,11 @@ recipe read from its manifest and reported.
 Then, unless --stream-tokens is 0, perplexity by position over one stream of that many tokens
 for Λ attention (4 sinks + 1024 window) and dense attention, on the float model.
 
-Cost on 2 cores: a preset's calibration takes ~10 minutes, each QAT step a few seconds, the
-Λ stream ~7 minutes and the dense stream ~15 minutes (it grows with the square of the length).
+Cost, measured 2026-12-03 with one thread per run and two runs sharing the 2 cores (quantize,
+train and score): accllm 34 minutes, w2a8kv4 34, w4a8kv4 12, w8a8kv8 6. The long streams, on
+float weights, take about 40 s (Λ) and 80 s (dense, it grows with the square of the length)
+on two threads. To use both cores, quantize two halves of --presets in parallel with
+--stream-tokens 0, then run the plain command, which reuses their artifacts.
 """
 
 from __future__ import annotations
