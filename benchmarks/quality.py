@@ -15,10 +15,9 @@ recipe read from its manifest and reported.
 Then, unless --stream-tokens is 0, perplexity by position over one stream of that many tokens
 for Λ attention (4 sinks + 1024 window) and dense attention, on the float model.
 
-Cost, measured 2026-12-03 with one thread per run and two runs sharing the 2 cores (quantize,
-train and score): accllm 34 minutes, w2a8kv4 34, w4a8kv4 12, w8a8kv8 6. The long streams, on
-float weights, take about 40 s (Λ) and 80 s (dense, it grows with the square of the length)
-on two threads. To use both cores, quantize two halves of --presets in parallel with
+Cost on 2 cores: about 35 minutes for each 2-bit preset, less for the wider ones, minutes for the
+long streams (measured times: docs/compression_measurements.md, "The quality benchmark with the
+presets as shipped"). To use both cores, quantize two halves of --presets in parallel with
 --stream-tokens 0, then run the plain command, which reuses their artifacts.
 """
 
