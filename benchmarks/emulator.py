@@ -14,7 +14,10 @@ Usage: OMP_NUM_THREADS=1 python benchmarks/emulator.py [--model smollm2-135m] [-
    disturb less than wall time.
 2. Accuracy: emulated vs fake-quant perplexity (relative difference; target within 2 %) and
    next-token top-1 agreement (target >= 97 %) on the first --ppl-tokens tokens of persuasion.txt,
-   windows of --ctx tokens (stride --ctx), each window a fresh sequence on both sides.
+   windows of --ctx tokens (stride --ctx), each window a fresh sequence on both sides. For scale,
+   the fake-quant model is scored once more with its matrix products accumulated in float64
+   (numerics_accuracy.float64_products): its top-1 agreement with the plain fake-quant model is
+   what float32 rounding alone leaves, the ceiling for any implementation not bit-identical to it.
 
 --artifact DIR is used as it is. Without it the artifact is results/artifacts/PRESET, reused when
 its recipe is the preset's (benchmarks/quality.py keeps its artifacts there too), otherwise
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from numerics_accuracy import nll_sum  # noqa: E402
+from numerics_accuracy import float64_products, kl_sum, nll_sum  # noqa: E402
 from quality import artifact_for, log  # noqa: E402
 
 from llmfab.cli import build_parser  # noqa: E402
@@ -113,32 +116,52 @@ def decode_speed(contenders, tokens: list[int], prompt_tokens: int, steps: int, 
 
 
 def accuracy(sequence, fake_quant, tokens: list[int], ctx: int) -> dict:
-    """Perplexity of the emulated program and the fake-quant model, and their top-1 agreement."""
+    """Perplexity of the emulated program and the fake-quant model and their top-1 agreement, with
+    the float64-products fake-quant model's for scale."""
     from llmfab.host.runtime import window_logits
 
     emulated_logits = window_logits(sequence)
     ids = torch.tensor(tokens, dtype=torch.long)
-    nll = {"emulated": 0.0, "fake_quant": 0.0}
-    agree = scored_total = 0
+    nll = {"emulated": 0.0, "fake_quant": 0.0, "float64_products": 0.0}
+    agree = {"emulated": 0, "float64_products": 0, "emulated_vs_float64_products": 0}
+    kl = {"emulated": 0.0, "float64_products": 0.0}  # KL(fake-quant || each)
+    scored_total = 0
     plan = windows(len(tokens), ctx, ctx)
     start = time.perf_counter()
     for index, w in enumerate(plan):
         window = ids[w.begin : w.end][None]
         with torch.no_grad():
             reference = fake_quant(window, fake_quant.new_cache())[0].double().numpy()
+            with float64_products():
+                accumulated = fake_quant(window, fake_quant.new_cache())[0].double().numpy()
         emulated = emulated_logits(window)[0].numpy()
         scored = slice(window.shape[1] - w.scored - 1, window.shape[1] - 1)
         targets = ids[w.end - w.scored : w.end].numpy()
-        nll["fake_quant"] += nll_sum(reference[scored], targets)
-        nll["emulated"] += nll_sum(emulated[scored], targets)
-        agree += int((reference[scored].argmax(-1) == emulated[scored].argmax(-1)).sum())
+        top1 = {}
+        for name, logits in (("fake_quant", reference), ("emulated", emulated), ("float64_products", accumulated)):
+            nll[name] += nll_sum(logits[scored], targets)
+            top1[name] = logits[scored].argmax(-1)
+        agree["emulated"] += int((top1["fake_quant"] == top1["emulated"]).sum())
+        agree["float64_products"] += int((top1["fake_quant"] == top1["float64_products"]).sum())
+        agree["emulated_vs_float64_products"] += int((top1["emulated"] == top1["float64_products"]).sum())
+        for name, logits in (("emulated", emulated), ("float64_products", accumulated)):
+            kl[name] += kl_sum(reference[scored], logits[scored])
         scored_total += w.scored
-        log(f"window {index + 1}/{len(plan)}: top-1 agreement so far {agree / scored_total:.4f}")
+        log(f"window {index + 1}/{len(plan)}: top-1 agreement so far {agree['emulated'] / scored_total:.4f} "
+            f"(float64-products fake-quant {agree['float64_products'] / scored_total:.4f})")
     ppl = {name: math.exp(value / scored_total) for name, value in nll.items()}
     return {"ctx": ctx, "tokens": len(tokens), "scored_tokens": scored_total, "windows": len(plan),
             "ppl_emulated": ppl["emulated"], "ppl_fake_quant": ppl["fake_quant"],
             "ppl_relative_difference": ppl["emulated"] / ppl["fake_quant"] - 1,
-            "top1_agreement": agree / scored_total, "seconds": time.perf_counter() - start}
+            "top1_agreement": agree["emulated"] / scored_total,
+            "mean_kl_nats": kl["emulated"] / scored_total,
+            # the same fake-quant model with float64-accumulated products: float32 rounding alone
+            "float64_products_fake_quant": {
+                "ppl": ppl["float64_products"],
+                "top1_agreement": agree["float64_products"] / scored_total,
+                "top1_agreement_with_emulated": agree["emulated_vs_float64_products"] / scored_total,
+                "mean_kl_nats": kl["float64_products"] / scored_total},
+            "seconds": time.perf_counter() - start}
 
 
 def main() -> None:

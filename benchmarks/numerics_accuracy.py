@@ -10,11 +10,17 @@ Weights: round-to-nearest min-max group quantization of every decoder projection
 the same windows of ``ctx`` tokens (stride ``ctx``), each prefilled through a fresh cache: KV4 is
 the quant default (per-channel keys in blocks of 32, per-token values) on both sides, or none.
 With ``--sinks/--window`` both models run Λ-shaped attention (S sinks + a W-token ring).
+
+For scale, two twins of the fake-quant model are scored against it as well: one with its
+embedding rows perturbed by 1e-6 relative, and the model itself with its matrix products
+accumulated in float64 (`float64_products`): how far two valid float implementations of one model
+part through A8 rounding, the ceiling of the integer model's top-1 agreement.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -23,6 +29,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from llmfab.quant.checkpoint import load_checkpoint
 from llmfab.quant.kv_cache_4bit import Kv4CacheConfig
@@ -35,11 +42,22 @@ from llmfab.sim.integer_weights import integer_model_from_torch, round_to_neares
 from llmfab.sim.kv_ring import LambdaShape
 
 
+def log_probs(logits: np.ndarray) -> np.ndarray:
+    """Next-token log-probabilities of float64 ``logits`` [n, vocab]."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def nll_sum(logits: np.ndarray, targets: np.ndarray) -> float:
     """Summed negative log-likelihood of ``targets`` [n] under float64 ``logits`` [n, vocab]."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(shifted).sum(axis=-1))
-    return float((log_norm - shifted[np.arange(len(targets)), targets]).sum())
+    return float(-log_probs(logits)[np.arange(len(targets)), targets].sum())
+
+
+def kl_sum(reference: np.ndarray, other: np.ndarray) -> float:
+    """Summed KL(reference || other) in nats of the next-token distributions of float64 logits
+    [n, vocab]: how far ``other`` moves the whole distribution, not only its top-1 token."""
+    log_p, log_q = log_probs(reference), log_probs(other)
+    return float((np.exp(log_p) * (log_p - log_q)).sum())
 
 
 PERTURBATION = 1e-6  # relative noise on the embedding rows of the perturbed fake-quant copy
@@ -55,13 +73,34 @@ def perturbed_copy(model: LlamaModel, seed: int = 0) -> LlamaModel:
     return twin
 
 
+@contextlib.contextmanager
+def float64_products():
+    """Inside the block every ``F.linear`` (the fake-quant projections and the LM head) accumulates
+    in float64 and rounds its result to the input's dtype once. The same fake-quant model, changed
+    only in float32 rounding (about 1e-7 relative per product): where its top-1 tokens part from
+    the plain model's is the agreement ceiling of any implementation that is not bit-identical."""
+    plain = F.linear
+
+    def accumulated(x, weight, bias=None):
+        bias = None if bias is None else bias.double()
+        return plain(x.double(), weight.double(), bias).to(x.dtype)
+
+    F.linear = accumulated
+    try:
+        yield
+    finally:
+        F.linear = plain
+
+
 def compare(model: LlamaModel, integer: IntegerModel, tokens: list[int], ctx: int,
             float_model: LlamaModel) -> dict:
     """Perplexities, top-1 agreement and logit error of the two models over the same windows, with
-    the unquantized model's and a perturbed fake-quant copy's agreement for scale."""
+    the unquantized model's, a perturbed fake-quant copy's and the float64-products fake-quant
+    model's agreement for scale."""
     ids = np.asarray(tokens, dtype=np.int64)
     twin = perturbed_copy(model)
     totals = dict(float_nll=0.0, integer_nll=0.0, twin_nll=0.0, scored=0, agree=0, twin_agree=0,
+                  float64_nll=0.0, float64_agree=0, integer_kl=0.0, twin_kl=0.0, float64_kl=0.0,
                   integer_vs_float=0, fake_quant_vs_float=0, float_seconds=0.0, integer_seconds=0.0)
     worst_relative = 0.0
     for w in windows(len(tokens), ctx, ctx):
@@ -70,6 +109,8 @@ def compare(model: LlamaModel, integer: IntegerModel, tokens: list[int], ctx: in
         with torch.no_grad():
             reference = model(torch.from_numpy(window)[None], model.new_cache())[0].double().numpy()
             perturbed = twin(torch.from_numpy(window)[None], twin.new_cache())[0].double().numpy()
+            with float64_products():
+                accumulated = model(torch.from_numpy(window)[None], model.new_cache())[0].double().numpy()
             unquantized = float_model(torch.from_numpy(window)[None])[0].double().numpy()
         totals["float_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
@@ -82,6 +123,10 @@ def compare(model: LlamaModel, integer: IntegerModel, tokens: list[int], ctx: in
         totals["agree"] += int((reference[scored].argmax(-1) == emulated[scored].argmax(-1)).sum())
         totals["twin_nll"] += nll_sum(perturbed[scored], targets)
         totals["twin_agree"] += int((reference[scored].argmax(-1) == perturbed[scored].argmax(-1)).sum())
+        totals["float64_nll"] += nll_sum(accumulated[scored], targets)
+        totals["float64_agree"] += int((reference[scored].argmax(-1) == accumulated[scored].argmax(-1)).sum())
+        for name, logits in (("integer", emulated), ("twin", perturbed), ("float64", accumulated)):
+            totals[f"{name}_kl"] += kl_sum(reference[scored], logits[scored])
         top_float = unquantized[scored].argmax(-1)
         totals["integer_vs_float"] += int((emulated[scored].argmax(-1) == top_float).sum())
         totals["fake_quant_vs_float"] += int((reference[scored].argmax(-1) == top_float).sum())
@@ -93,10 +138,15 @@ def compare(model: LlamaModel, integer: IntegerModel, tokens: list[int], ctx: in
     ppl_integer = math.exp(totals["integer_nll"] / n)
     return dict(ppl_fake_quant=ppl_float, ppl_integer=ppl_integer,
                 ppl_relative_change=ppl_integer / ppl_float - 1, top1_agreement=totals["agree"] / n,
+                mean_kl_nats=totals["integer_kl"] / n,
                 max_relative_logit_error=worst_relative, scored_tokens=n,
                 perturbed_fake_quant=dict(relative_embedding_noise=PERTURBATION,
                                           ppl=math.exp(totals["twin_nll"] / n),
-                                          top1_agreement=totals["twin_agree"] / n),
+                                          top1_agreement=totals["twin_agree"] / n,
+                                          mean_kl_nats=totals["twin_kl"] / n),
+                float64_products_fake_quant=dict(ppl=math.exp(totals["float64_nll"] / n),
+                                                 top1_agreement=totals["float64_agree"] / n,
+                                                 mean_kl_nats=totals["float64_kl"] / n),
                 top1_vs_unquantized=dict(integer=totals["integer_vs_float"] / n,
                                          fake_quant=totals["fake_quant_vs_float"] / n),
                 float_seconds=totals["float_seconds"], integer_seconds=totals["integer_seconds"])
