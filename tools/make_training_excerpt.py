@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from llmfab.atomic import write_text_atomic
+from llmfab.quant.calibrate import TRAINING_FILE
 
 NOVELS = ("emma.txt", "mansfieldpark.txt", "prideprejudice.txt", "sensesensibility.txt")
 CHUNKS = 24
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", type=Path, default=root.parent / "shared" / "corpora")
-    parser.add_argument("-o", "--output", type=Path, default=root / "llmfab" / "data" / "austen_training.txt")
+    parser.add_argument("-o", "--output", type=Path, default=root / "llmfab" / "data" / TRAINING_FILE)
     args = parser.parse_args(argv)
     try:
         text = training_excerpt(args.corpora)
