@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from numerics_accuracy import float64_products, kl_sum, nll_sum  # noqa: E402
+from numerics_accuracy import float64_products, kl_sum, log_probs, nll_sum  # noqa: E402
 from quality import artifact_for, log  # noqa: E402
 
 from llmfab.cli import build_parser  # noqa: E402
@@ -137,15 +137,15 @@ def accuracy(sequence, fake_quant, tokens: list[int], ctx: int) -> dict:
         emulated = emulated_logits(window)[0].numpy()
         scored = slice(window.shape[1] - w.scored - 1, window.shape[1] - 1)
         targets = ids[w.end - w.scored : w.end].numpy()
-        top1 = {}
-        for name, logits in (("fake_quant", reference), ("emulated", emulated), ("float64_products", accumulated)):
-            nll[name] += nll_sum(logits[scored], targets)
-            top1[name] = logits[scored].argmax(-1)
-        agree["emulated"] += int((top1["fake_quant"] == top1["emulated"]).sum())
-        agree["float64_products"] += int((top1["fake_quant"] == top1["float64_products"]).sum())
+        log_p = {name: log_probs(logits[scored]) for name, logits in
+                 (("fake_quant", reference), ("emulated", emulated), ("float64_products", accumulated))}
+        top1 = {name: values.argmax(-1) for name, values in log_p.items()}
+        for name, values in log_p.items():
+            nll[name] += nll_sum(values, targets)
+        for name in kl:
+            kl[name] += kl_sum(log_p["fake_quant"], log_p[name])
+            agree[name] += int((top1["fake_quant"] == top1[name]).sum())
         agree["emulated_vs_float64_products"] += int((top1["emulated"] == top1["float64_products"]).sum())
-        for name, logits in (("emulated", emulated), ("float64_products", accumulated)):
-            kl[name] += kl_sum(reference[scored], logits[scored])
         scored_total += w.scored
         log(f"window {index + 1}/{len(plan)}: top-1 agreement so far {agree['emulated'] / scored_total:.4f} "
             f"(float64-products fake-quant {agree['float64_products'] / scored_total:.4f})")

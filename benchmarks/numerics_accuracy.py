@@ -48,15 +48,14 @@ def log_probs(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def nll_sum(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Summed negative log-likelihood of ``targets`` [n] under float64 ``logits`` [n, vocab]."""
-    return float(-log_probs(logits)[np.arange(len(targets)), targets].sum())
+def nll_sum(log_p: np.ndarray, targets: np.ndarray) -> float:
+    """Summed negative log-likelihood of ``targets`` [n] under ``log_p`` [n, vocab] (log_probs)."""
+    return float(-log_p[np.arange(len(targets)), targets].sum())
 
 
-def kl_sum(reference: np.ndarray, other: np.ndarray) -> float:
-    """Summed KL(reference || other) in nats of the next-token distributions of float64 logits
-    [n, vocab]: how far ``other`` moves the whole distribution, not only its top-1 token."""
-    log_p, log_q = log_probs(reference), log_probs(other)
+def kl_sum(log_p: np.ndarray, log_q: np.ndarray) -> float:
+    """Summed KL(p || q) in nats of next-token log-probabilities [n, vocab] (log_probs): how far
+    ``q`` moves the whole distribution, not only its top-1 token."""
     return float((np.exp(log_p) * (log_p - log_q)).sum())
 
 
@@ -99,45 +98,46 @@ def compare(model: LlamaModel, integer: IntegerModel, tokens: list[int], ctx: in
     model's agreement for scale."""
     ids = np.asarray(tokens, dtype=np.int64)
     twin = perturbed_copy(model)
-    totals = dict(float_nll=0.0, integer_nll=0.0, twin_nll=0.0, scored=0, agree=0, twin_agree=0,
-                  float64_nll=0.0, float64_agree=0, integer_kl=0.0, twin_kl=0.0, float64_kl=0.0,
-                  integer_vs_float=0, fake_quant_vs_float=0, float_seconds=0.0, integer_seconds=0.0)
+    twins = ("integer", "twin", "float64")  # compared with the fake-quant model
+    totals = dict(fake_quant_nll=0.0, scored=0, integer_vs_float=0, fake_quant_vs_float=0,
+                  float_seconds=0.0, integer_seconds=0.0,
+                  **{f"{name}_{figure}": 0.0 for name in twins for figure in ("nll", "kl", "agree")})
     worst_relative = 0.0
     for w in windows(len(tokens), ctx, ctx):
         window = ids[w.begin : w.end]
         start = time.perf_counter()
+        batch = torch.from_numpy(window)[None]
         with torch.no_grad():
-            reference = model(torch.from_numpy(window)[None], model.new_cache())[0].double().numpy()
-            perturbed = twin(torch.from_numpy(window)[None], twin.new_cache())[0].double().numpy()
+            reference = model(batch, model.new_cache())[0].double().numpy()
+            perturbed = twin(batch, twin.new_cache())[0].double().numpy()
             with float64_products():
-                accumulated = model(torch.from_numpy(window)[None], model.new_cache())[0].double().numpy()
-            unquantized = float_model(torch.from_numpy(window)[None])[0].double().numpy()
+                accumulated = model(batch, model.new_cache())[0].double().numpy()
+            unquantized = float_model(batch)[0].double().numpy()
         totals["float_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
         emulated = ACT32.to_float(integer.forward(window))
         totals["integer_seconds"] += time.perf_counter() - start
         scored = slice(len(window) - w.scored - 1, len(window) - 1)
         targets = ids[w.end - w.scored : w.end]
-        totals["float_nll"] += nll_sum(reference[scored], targets)
-        totals["integer_nll"] += nll_sum(emulated[scored], targets)
-        totals["agree"] += int((reference[scored].argmax(-1) == emulated[scored].argmax(-1)).sum())
-        totals["twin_nll"] += nll_sum(perturbed[scored], targets)
-        totals["twin_agree"] += int((reference[scored].argmax(-1) == perturbed[scored].argmax(-1)).sum())
-        totals["float64_nll"] += nll_sum(accumulated[scored], targets)
-        totals["float64_agree"] += int((reference[scored].argmax(-1) == accumulated[scored].argmax(-1)).sum())
-        for name, logits in (("integer", emulated), ("twin", perturbed), ("float64", accumulated)):
-            totals[f"{name}_kl"] += kl_sum(reference[scored], logits[scored])
+        log_p = {name: log_probs(logits[scored]) for name, logits in
+                 (("fake_quant", reference), ("integer", emulated), ("twin", perturbed), ("float64", accumulated))}
+        top = {name: values.argmax(-1) for name, values in log_p.items()}
+        totals["fake_quant_nll"] += nll_sum(log_p["fake_quant"], targets)
+        for name in twins:
+            totals[f"{name}_nll"] += nll_sum(log_p[name], targets)
+            totals[f"{name}_kl"] += kl_sum(log_p["fake_quant"], log_p[name])
+            totals[f"{name}_agree"] += int((top["fake_quant"] == top[name]).sum())
         top_float = unquantized[scored].argmax(-1)
-        totals["integer_vs_float"] += int((emulated[scored].argmax(-1) == top_float).sum())
-        totals["fake_quant_vs_float"] += int((reference[scored].argmax(-1) == top_float).sum())
+        totals["integer_vs_float"] += int((top["integer"] == top_float).sum())
+        totals["fake_quant_vs_float"] += int((top["fake_quant"] == top_float).sum())
         totals["scored"] += w.scored
         error = np.abs(emulated - reference).max(axis=-1) / np.abs(reference).max(axis=-1)
         worst_relative = max(worst_relative, float(error.max()))
     n = totals["scored"]
-    ppl_float = math.exp(totals["float_nll"] / n)
+    ppl_float = math.exp(totals["fake_quant_nll"] / n)
     ppl_integer = math.exp(totals["integer_nll"] / n)
     return dict(ppl_fake_quant=ppl_float, ppl_integer=ppl_integer,
-                ppl_relative_change=ppl_integer / ppl_float - 1, top1_agreement=totals["agree"] / n,
+                ppl_relative_change=ppl_integer / ppl_float - 1, top1_agreement=totals["integer_agree"] / n,
                 mean_kl_nats=totals["integer_kl"] / n,
                 max_relative_logit_error=worst_relative, scored_tokens=n,
                 perturbed_fake_quant=dict(relative_embedding_noise=PERTURBATION,
